@@ -1,1 +1,72 @@
-fn main() {}
+//! cairn's developer tasks: `cargo xtask <task>`. Builds VM guests, runs the real-ZFS test
+//! suites in them, and captures fixtures from real OpenZFS.
+#![allow(clippy::disallowed_methods)] // xtask drives host tools (qemu, mke2fs) directly
+
+mod vm;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test                  everything CI runs: host packages, `cargo test`, then the
+                        real-ZFS suites in the guest (vm-test)
+  demo                  the demo appliance in a VM (not built yet: issue 11)
+  vm-image              build (or reuse from cache) the test guest: Debian kernel,
+                        OpenZFS built by DKMS, userspace; cached in $CAIRN_CACHE
+                        (default ~/.cache/cairn), keyed by the build script
+  vm-test               build the *_real test binaries, boot the guest under QEMU
+                        (TCG) and run them against real OpenZFS
+      --filter <text>   only tests whose name contains <text>
+      --timeout <secs>  kill the guest after this long (default 2400)
+  capture-fixtures      run zfs/zpool in the guest and store their scripted
+                        output under crates/cairn-zfs/fixtures/
+  host-deps             install the host packages the VM tasks need (root)
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    let opt = |name: &str| -> Option<String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    match task.as_str() {
+        "test" => {
+            vm::host_deps()?;
+            vm::cargo_test()?;
+            vm::test(None, 2400)
+        }
+        "demo" => {
+            eprintln!("cargo xtask demo: the demo appliance is not built yet (issue 11)");
+            std::process::exit(2);
+        }
+        "vm-image" => vm::image().map(|g| println!("guest image ready: {}", g.dir.display())),
+        "vm-test" => {
+            let timeout = opt("--timeout")
+                .map(|t| t.parse())
+                .transpose()?
+                .unwrap_or(2400);
+            vm::test(opt("--filter"), timeout)
+        }
+        "capture-fixtures" => vm::capture_fixtures(),
+        "host-deps" => vm::host_deps(),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task '{other}'\n\n{USAGE}"),
+    }
+}

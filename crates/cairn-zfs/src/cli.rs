@@ -173,7 +173,11 @@ fn refusal(cmd: &Cmd, name: &str, fin: Finished) -> ZfsError {
         ZfsError::NotAClone { name }
     } else if has("out of space") {
         ZfsError::NoSpace { name }
-    } else if has("dataset is busy") || has("pool or dataset is busy") || has("target is busy") {
+    } else if has("dataset is busy")
+        || has("pool or dataset is busy")
+        || has("target is busy")
+        || has("being held")
+    {
         ZfsError::Busy { name }
     } else if has("does not match incremental source")
         || has("most recent snapshot")
@@ -183,7 +187,7 @@ fn refusal(cmd: &Cmd, name: &str, fin: Finished) -> ZfsError {
             name,
             detail: crate::cmd::stderr_tail(fin.stderr.as_bytes()),
         }
-    } else if has("not currently mounted") || has("not mounted") {
+    } else if has("not currently mounted") || has("not mounted") || has("unmounted") {
         ZfsError::NotMounted { name }
     } else {
         fin.into_error(cmd)
@@ -338,6 +342,19 @@ impl Zfs for ZfsCli {
         dry = dry.arg(target.as_str());
         let out = self.run(&dry, target.as_str())?;
         let (destroyed, reclaim) = Self::parse(&dry, parse::parse_destroy_dry_run(&out))?;
+        // ZFS estimates reclaimed space only for snapshots; destroying a whole dataset
+        // (recursively) frees what its `used` says.
+        let reclaim = match (reclaim, target) {
+            (Some(r), _) => r,
+            (None, ObjectName::Dataset(d)) => {
+                let used = PropName::native("used");
+                self.get(&d.into(), std::slice::from_ref(&used))?
+                    .get(&used)
+                    .and_then(|v| v.value.as_deref()?.parse().ok())
+                    .unwrap_or(0)
+            }
+            (None, ObjectName::Snapshot(_)) => 0,
+        };
         if !opts.dry_run {
             let mut cmd = self.zfs().arg("destroy");
             if opts.recursive {

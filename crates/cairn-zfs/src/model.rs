@@ -265,7 +265,11 @@ impl State {
                 });
             }
             if !name.is_user() {
-                return self.prop(&ObjectName::Dataset(s.dataset()), name);
+                // Snapshots show `-` for the dataset properties they cannot have.
+                return Ok(PropValue {
+                    value: None,
+                    source: PropSource::None,
+                });
             }
         }
         let start = target.dataset();

@@ -138,8 +138,9 @@ pub fn parse_send_estimate(out: &str) -> Result<u64> {
     Err(ParseError(format!("no size line in {out:?}")))
 }
 
-/// `zfs destroy -n -v -p ...`: `destroy\t<name>` lines and one `reclaim\t<bytes>`.
-pub fn parse_destroy_dry_run(out: &str) -> Result<(Vec<String>, u64)> {
+/// `zfs destroy -n -v -p ...`: `destroy\t<name>` lines and, for snapshots only, one
+/// `reclaim\t<bytes>` (OpenZFS prints no estimate for filesystems).
+pub fn parse_destroy_dry_run(out: &str) -> Result<(Vec<String>, Option<u64>)> {
     let mut destroyed = Vec::new();
     let mut reclaim = None;
     for line in out.lines().filter(|l| !l.is_empty()) {
@@ -155,7 +156,7 @@ pub fn parse_destroy_dry_run(out: &str) -> Result<(Vec<String>, u64)> {
             _ => return Err(bad(line, "expected destroy or reclaim")),
         }
     }
-    Ok((destroyed, reclaim.unwrap_or(0)))
+    Ok((destroyed, reclaim))
 }
 
 /// Undoes `zfs diff`'s escaping: bytes outside `!`..`~` and `\` print as `\` plus octal.
@@ -311,7 +312,7 @@ mod tests {
         assert!(parse_send_estimate("nothing\n").is_err());
         let (d, r) = parse_destroy_dry_run("destroy\tp/a@s\nreclaim\t1024\n").unwrap();
         assert_eq!(d, ["p/a@s"]);
-        assert_eq!(r, 1024);
+        assert_eq!(r, Some(1024));
         assert!(parse_destroy_dry_run("would destroy p/a\n").is_err());
     }
 }
