@@ -44,4 +44,8 @@ cap err-hold-twice.txt zfs hold cairn:factory fx/ROOT/v1@factory
 cap err-release-unknown.txt zfs release nosuch fx/ROOT/v1@factory
 cap err-too-long.txt zfs create fx/$(printf 'x%.0s' $(seq 1 260))
 cap err-bad-char.txt zfs create 'fx/a*b'
+# receiving the same incremental twice (the second is a no-op that succeeds)
+zfs send fx/ROOT/v1@factory | zfs receive fx/copy
+zfs send -i fx/ROOT/v1@factory fx/ROOT/v1@s2 | zfs receive fx/copy
+cap recv-incremental-twice.txt sh -c 'zfs send -i fx/ROOT/v1@factory fx/ROOT/v1@s2 | zfs receive -v fx/copy; echo "exit $?"; zfs list -H -o name -t snapshot -r fx/copy'
 zpool destroy fx

@@ -385,18 +385,30 @@ fn summarize(results: &str, bins: &[(String, PathBuf)]) -> Result<String> {
     let mut out = String::new();
     let (mut passed, mut failed) = (0, Vec::new());
     let mut current = String::new();
+    let mut in_list = false;
     for line in results.lines() {
         if let Some(info) = line.strip_prefix("CAIRN-INFO ") {
             out.push_str(&format!("guest: {info}\n"));
         } else if let Some(b) = line.strip_prefix("CAIRN-BEGIN ") {
             current = b.to_owned();
         } else if let Some(rest) = line.strip_prefix("test ") {
-            if let Some((name, verdict)) = rest.rsplit_once(" ... ") {
-                match verdict.trim() {
-                    "ok" => passed += 1,
-                    "FAILED" => failed.push(format!("{current}::{}", name.trim())),
-                    _ => {}
+            if let Some((_, verdict)) = rest.rsplit_once(" ... ")
+                && verdict.trim() == "ok"
+            {
+                passed += 1;
+            }
+        } else if line == "failures:" {
+            // libtest prints two `failures:` sections; the second lists the names.
+            in_list = true;
+        } else if in_list {
+            match line.strip_prefix("    ") {
+                Some(name) if !name.is_empty() && !name.contains(' ') => {
+                    let entry = format!("{current}::{name}");
+                    if !failed.contains(&entry) {
+                        failed.push(entry);
+                    }
                 }
+                _ => in_list = !line.is_empty() && line.starts_with("----"),
             }
         }
     }

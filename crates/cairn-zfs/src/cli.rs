@@ -136,7 +136,12 @@ fn refusal(cmd: &Cmd, name: &str, fin: Finished) -> ZfsError {
     let e = fin.stderr.to_lowercase();
     let name = name.to_owned();
     let has = |s: &str| e.contains(s);
-    if has("does not exist") || has("no such pool") || has("could not find any snapshots") {
+    if has("does not exist")
+        || has("no such pool")
+        || has("could not find any snapshots")
+        || has("unable to open the dataset")
+        || has("no such file or directory")
+    {
         ZfsError::NotFound { name }
     } else if has("name is too long")
         || has("invalid character")
@@ -161,9 +166,10 @@ fn refusal(cmd: &Cmd, name: &str, fin: Finished) -> ZfsError {
             name,
             tag: String::new(),
         }
-    } else if has("already exists") || (has("destination") && has("exists, must specify -f")) {
+    } else if has("already exists") || (has("destination") && has("must specify -f")) {
         ZfsError::AlreadyExists { name }
-    } else if has("dependent clones") || has("has dependent") {
+    } else if has("dependent clones") || has("has dependent") || has("clones of previous snapshots")
+    {
         ZfsError::HasDependentClones { name }
     } else if has("more recent snapshots") {
         ZfsError::NewerSnapshots { name }
@@ -492,8 +498,11 @@ impl Zfs for ZfsCli {
                     source,
                 })?;
                 // `zfsutil` lets mount.zfs mount a dataset whose mountpoint is not legacy,
-                // as zfs-initramfs does; snapshots are always mounted read-only.
-                let mut o = vec!["zfsutil"];
+                // as zfs-initramfs does; snapshots refuse it and are always read-only.
+                let mut o = vec![];
+                if matches!(target, ObjectName::Dataset(_)) {
+                    o.push("zfsutil");
+                }
                 if opts.read_only {
                     o.push("ro");
                 }

