@@ -84,9 +84,8 @@ impl Guest {
 fn image_key() -> Result<String> {
     let mut h = Sha256::new();
     h.update(IMAGE_FORMAT);
-    for f in ["build-guest.sh"] {
-        h.update(std::fs::read(scripts().join(f)).with_context(|| format!("reading {f}"))?);
-    }
+    let script = scripts().join("build-guest.sh");
+    h.update(std::fs::read(&script).with_context(|| format!("reading {}", script.display()))?);
     Ok(format!("{:x}", h.finalize())[..16].to_owned())
 }
 
@@ -247,7 +246,7 @@ fn strip_escapes(s: &str) -> String {
         if c == '\x1b' {
             if chars.peek() == Some(&'[') {
                 chars.next();
-                while let Some(n) = chars.next() {
+                for n in chars.by_ref() {
                     if n.is_ascii_alphabetic() {
                         break;
                     }

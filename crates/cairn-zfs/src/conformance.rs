@@ -876,7 +876,9 @@ fn holds_block_destroy(h: &dyn Harness) {
         "destroy -r over a held snapshot",
     );
     assert!(names(h).contains(&sa.to_string()), "held snapshot survives");
-    h.zfs().release(&[sa.clone()], "cairn:factory").unwrap();
+    h.zfs()
+        .release(std::slice::from_ref(&sa), "cairn:factory")
+        .unwrap();
     assert!(h.zfs().holds(&sa).unwrap().is_empty());
     h.zfs()
         .destroy(&(&sa).into(), DestroyOptions::default())

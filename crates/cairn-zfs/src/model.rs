@@ -666,7 +666,7 @@ impl Zfs for ZfsModel {
         };
         let mut out = Vec::new();
         // ZFS lists each dataset followed by its snapshots, children in name order.
-        for (d, _) in &st.datasets {
+        for d in st.datasets.keys() {
             if types.contains(&DatasetType::Filesystem) && in_scope(d, false) {
                 out.push((ObjectName::Dataset(d.clone()), DatasetType::Filesystem));
             }

@@ -485,7 +485,8 @@ mod tests {
     #[test]
     fn datasets_refuse_what_zfs_refuses() {
         let long = format!("p/{}", "a".repeat(254));
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type Check = fn(&NameError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, NameError::Empty { .. })),
             ("p//a", |e| matches!(e, NameError::EmptyComponent { .. })),
             ("p/a/", |e| matches!(e, NameError::EmptyComponent { .. })),
