@@ -21,6 +21,8 @@ pub trait Harness {
     /// Writes a file into a mounted dataset and makes it durable.
     fn write_file(&self, ds: &DatasetName, path: &str, data: &[u8]);
     fn remove_file(&self, ds: &DatasetName, path: &str);
+    /// Makes a file written with `write_file` executable (mode 0755).
+    fn set_executable(&self, ds: &DatasetName, path: &str);
     /// Reads a file from a dataset or snapshot; `None` if it does not exist.
     fn read_file(&self, target: &ObjectName, path: &str) -> Option<Vec<u8>>;
     /// Reads a file below a path returned by [`Zfs::mount`].
@@ -1325,13 +1327,13 @@ fn space_accounting(h: &dyn Harness) {
 /// A model pool of 1 GiB per case.
 #[derive(Debug)]
 pub struct ModelHarness {
-    model: ZfsModel,
+    model: std::sync::Arc<ZfsModel>,
     pool: PoolName,
 }
 
 impl ModelHarness {
     pub fn new() -> Self {
-        let model = ZfsModel::new();
+        let model = std::sync::Arc::new(ZfsModel::new());
         let pool = PoolName::new("tank").expect("valid");
         model.create_pool(&pool, 1 << 30).expect("fresh model");
         // As the real harness does with `zpool create -m`.
@@ -1344,7 +1346,7 @@ impl ModelHarness {
         Self { model, pool }
     }
 
-    pub fn model(&self) -> &ZfsModel {
+    pub fn model(&self) -> &std::sync::Arc<ZfsModel> {
         &self.model
     }
 }
@@ -1357,7 +1359,7 @@ impl Default for ModelHarness {
 
 impl Harness for ModelHarness {
     fn zfs(&self) -> &dyn Zfs {
-        &self.model
+        self.model.as_ref()
     }
     fn pool(&self) -> &PoolName {
         &self.pool
@@ -1367,6 +1369,9 @@ impl Harness for ModelHarness {
     }
     fn remove_file(&self, ds: &DatasetName, path: &str) {
         self.model.remove_file(ds, path).expect("model remove");
+    }
+    fn set_executable(&self, _ds: &DatasetName, _path: &str) {
+        // The model keeps no modes; SimHost runs any hook present in the root.
     }
     fn read_file(&self, target: &ObjectName, path: &str) -> Option<Vec<u8>> {
         self.model.read_file(target, path).expect("model read")
@@ -1450,6 +1455,12 @@ impl Harness for RealHarness {
         let full = self.mountpoint(ds).join(path.trim_start_matches('/'));
         std::fs::remove_file(&full).unwrap_or_else(|e| panic!("remove {}: {e}", full.display()));
         self.zfs.sync(&self.pool).expect("zpool sync");
+    }
+    fn set_executable(&self, ds: &DatasetName, path: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let full = self.mountpoint(ds).join(path.trim_start_matches('/'));
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", full.display()));
     }
     fn read_file(&self, target: &ObjectName, path: &str) -> Option<Vec<u8>> {
         let rel = path.trim_start_matches('/');

@@ -1380,7 +1380,9 @@ impl Zfs for ZfsModel {
             ObjectName::Dataset(d) => &st.ds(d)?.files,
             ObjectName::Snapshot(s) => &st.snap(s)?.files,
         };
-        if to.dataset() != from.dataset() {
+        // `to` must be a later state of `from`'s dataset, or a clone of `from`.
+        let clone_of_from = st.ds(&to.dataset())?.origin.as_ref() == Some(from);
+        if to.dataset() != from.dataset() && !clone_of_from {
             return Err(ZfsError::StreamMismatch {
                 name: to.to_string(),
                 detail: format!("not a later state of {}", from.dataset()),

@@ -1,0 +1,1431 @@
+//! The snapshot engine: OS versions as ZFS boot environments (BRIEF §2, §4).
+//!
+//! It lays out the pool, stages new versions beside the running one, activates them
+//! permanently, for one trial or for one boot, confirms or fails trials, rolls back and
+//! forward, and reconciles half-done work after a crash. It talks to ZFS only through the
+//! [`Zfs`] trait, to the boot loader only through [`Boot`], and to the rest of the
+//! machine only through [`Host`]; it knows nothing of D-Bus or command lines.
+//!
+//! Crash safety: every mutating operation is a sequence of named steps. Before a step
+//! runs, `cairn:op` on the ROOT container records the operation and the step (one atomic
+//! `zfs set`); every step is idempotent; [`Engine::reconcile`] finishes or undoes what a
+//! crash interrupted.
+
+pub mod boot;
+pub mod host;
+mod layout;
+pub mod suite;
+mod version;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_zfs::{
+    CreateOptions, DatasetName, DatasetType, DestroyOptions, DiffEntry, ErrorKind, ListRequest,
+    MountOptions, ObjectName, PropName, ReceiveRequest, SnapshotName, Zfs, ZfsError,
+};
+use serde::Serialize;
+
+pub use boot::{Boot, BootDecision, BootKind, BootState, MemBoot};
+pub use host::{Booted, HookFailure, Host, RealHost, RootRun, SimHost};
+pub use layout::{DataSpec, Layout, LayoutFile, VersionId, props};
+pub use version::{Stored, Version, compare_versions};
+
+/// What went wrong, named so the daemon can map each to a D-Bus error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("layout: {detail}")]
+    Layout { detail: String },
+    #[error("'{id}' is not a valid version id: use lowercase letters, digits, '.', '_' and '-'")]
+    BadVersionId { id: String },
+    #[error("version '{id}' is not installed; `cairnctl list` shows the installed versions")]
+    UnknownVersion { id: String },
+    #[error("version '{id}' is already installed")]
+    VersionExists { id: String },
+    #[error("version '{id}' failed ({reason}); activate it with force if you really mean to")]
+    VersionFailed { id: String, reason: String },
+    #[error("version '{id}' is not ready to boot (state {state})")]
+    NotBootable { id: String, state: String },
+    #[error("'{new}' is older than the running '{running}'; a downgrade needs force")]
+    Downgrade { new: String, running: String },
+    #[error(
+        "not enough space in pool '{pool}': staging needs about {need} bytes, {free} are free; run `cairnctl cleanup` first"
+    )]
+    NotEnoughSpace { pool: String, need: u64, free: u64 },
+    #[error("migration '{hook}' failed ({status}): {output}; nothing was installed")]
+    MigrationFailed {
+        hook: String,
+        status: String,
+        output: String,
+    },
+    #[error(
+        "migration '{hook}' did not finish within {secs} s and was stopped; nothing was installed"
+    )]
+    MigrationTimedOut { hook: String, secs: u64 },
+    #[error("the staging command failed ({status}): {output}; nothing was installed")]
+    StagingCommandFailed { status: String, output: String },
+    #[error(
+        "no cairn version is running (the kernel command line names none); run this on a booted appliance"
+    )]
+    NotBooted,
+    #[error("there is no trial to {what}: the running version was not booted as a trial")]
+    NoTrial { what: &'static str },
+    #[error("there is no {direction} version to go to")]
+    NothingToRollTo { direction: &'static str },
+    #[error("the pool is not laid out for cairn yet; run `cairnctl init`")]
+    NotInitialized,
+    #[error("the pool already has a cairn layout")]
+    AlreadyInitialized,
+    #[error("'{name}' is not cairn's (no cairn:managed); cairn never touches it")]
+    Foreign { name: String },
+    #[error("stopped at step '{point}' (test crash point)")]
+    Crashed { point: String },
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the boot state could not be {what}: {detail}")]
+    BootState { what: &'static str, detail: String },
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Where a new version's root comes from.
+pub enum Payload<'a> {
+    /// A full `zfs send` stream of the release.
+    FullStream(&'a mut dyn Read),
+    /// An incremental stream from an earlier release, received as a clone of that
+    /// release's pristine snapshot.
+    IncrementalStream {
+        base: VersionId,
+        stream: &'a mut dyn Read,
+    },
+}
+
+impl std::fmt::Debug for Payload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FullStream(_) => f.write_str("FullStream"),
+            Self::IncrementalStream { base, .. } => write!(f, "IncrementalStream from {base}"),
+        }
+    }
+}
+
+/// A request to stage a new version.
+#[derive(Debug)]
+pub struct StageRequest<'a> {
+    pub version: String,
+    pub payload: Payload<'a>,
+    /// Expected bytes (from the bundle manifest), for the space check.
+    pub size_hint: u64,
+    /// Executables in the new root, run in order against the new config.
+    pub migrations: Vec<String>,
+    pub migration_timeout: Duration,
+    /// Digest of the bundle this came from.
+    pub bundle: Option<String>,
+    pub allow_downgrade: bool,
+}
+
+/// How to activate a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "mode", content = "attempts")]
+pub enum Activation {
+    /// The default from now on.
+    Permanent,
+    /// Next boots only, this many attempts, then back to the default unless confirmed.
+    Trial(u8),
+    /// The next boot only, without health gate and without becoming the default.
+    Once,
+}
+
+/// Which dataset of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Root,
+    Config,
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct JournalEntry {
+    pub at: u64,
+    pub op: String,
+    pub by: String,
+    pub target: String,
+    pub steps: Vec<String>,
+    pub result: String,
+}
+
+/// The names of the steps, in order, for each operation. Tests stop at each one.
+pub mod steps {
+    pub const UPGRADE: &[&str] = &[
+        "snapshot",
+        "receive",
+        "clone-config",
+        "migrate",
+        "mark-staged",
+    ];
+    pub const PACKAGES: &[&str] = &[
+        "snapshot",
+        "clone-root",
+        "clone-config",
+        "run",
+        "migrate",
+        "mark-staged",
+    ];
+    pub const ACTIVATE: &[&str] = &["boot", "bootfs", "lkg"];
+    pub const CONFIRM: &[&str] = &["boot", "lkg", "bootfs", "mark"];
+    pub const MARK_FAILED: &[&str] = &["mark", "boot"];
+}
+
+/// The engine.
+pub struct Engine {
+    zfs: Arc<dyn Zfs>,
+    boot: Arc<dyn Boot>,
+    host: Arc<dyn Host>,
+    layout: Layout,
+    crash_at: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `reconcile` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    pub actions: Vec<String>,
+}
+
+/// The operation in progress, as recorded in `cairn:op`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpRecord {
+    op: String,
+    target: String,
+    arg: String,
+    step: String,
+}
+
+impl OpRecord {
+    fn encode(&self) -> String {
+        format!("{} {} {} {}", self.op, self.target, self.arg, self.step)
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let mut w = s.split(' ');
+        Some(Self {
+            op: w.next()?.to_owned(),
+            target: w.next()?.to_owned(),
+            arg: w.next()?.to_owned(),
+            step: w.next()?.to_owned(),
+        })
+    }
+}
+
+/// A running operation: records steps and collects them for the journal.
+struct Op<'e> {
+    engine: &'e Engine,
+    rec: OpRecord,
+    by: String,
+    done: Vec<String>,
+}
+
+impl Op<'_> {
+    /// Records that `step` is about to run; a test crash point may stop here.
+    fn step(&mut self, step: &str) -> Result<()> {
+        self.rec.step = step.to_owned();
+        self.engine.set_op(Some(&self.rec))?;
+        self.done.push(step.to_owned());
+        self.engine.crash_point(&self.rec.op, step)
+    }
+
+    fn finish(self, result: &str) -> Result<()> {
+        self.engine.set_op(None)?;
+        self.engine
+            .journal(&self.rec.op, &self.by, &self.rec.target, self.done, result)
+    }
+}
+
+impl Engine {
+    pub fn new(
+        zfs: Arc<dyn Zfs>,
+        boot: Arc<dyn Boot>,
+        host: Arc<dyn Host>,
+        layout: Layout,
+    ) -> Self {
+        let crash_at = std::env::var("CAIRN_CRASH_AT").ok();
+        Self {
+            zfs,
+            boot,
+            host,
+            layout,
+            crash_at: Mutex::new(crash_at),
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn zfs(&self) -> &Arc<dyn Zfs> {
+        &self.zfs
+    }
+
+    pub fn boot(&self) -> &Arc<dyn Boot> {
+        &self.boot
+    }
+
+    pub fn host(&self) -> &Arc<dyn Host> {
+        &self.host
+    }
+
+    /// Makes the engine stop (return [`EngineError::Crashed`]) when `op:step` is about to
+    /// run, as if the process died there. With `CAIRN_CRASH_AT` set in the environment the
+    /// process aborts for real (VM power-loss tests).
+    pub fn crash_at(&self, point: Option<&str>) {
+        *self.crash_at.lock().unwrap_or_else(|e| e.into_inner()) = point.map(str::to_owned);
+    }
+
+    fn crash_point(&self, op: &str, step: &str) -> Result<()> {
+        let point = format!("{op}:{step}");
+        let armed = self
+            .crash_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if armed.as_deref() == Some(point.as_str()) {
+            if std::env::var("CAIRN_CRASH_AT").is_ok() {
+                eprintln!("CAIRN-CRASH {point}");
+                std::process::abort();
+            }
+            return Err(EngineError::Crashed { point });
+        }
+        Ok(())
+    }
+
+    fn set_op(&self, rec: Option<&OpRecord>) -> Result<()> {
+        let target = self.layout.root_container().into();
+        match rec {
+            Some(r) => self.zfs.set(&target, &[(props::op(), r.encode())])?,
+            None => self.zfs.inherit(&target, &props::op())?,
+        }
+        Ok(())
+    }
+
+    fn get_op(&self) -> Result<Option<OpRecord>> {
+        let v = self.get_prop(&self.layout.root_container().into(), &props::op())?;
+        Ok(v.as_deref().and_then(OpRecord::decode))
+    }
+
+    fn begin(&self, op: &str, target: &str, arg: &str, by: &str) -> Op<'_> {
+        Op {
+            engine: self,
+            rec: OpRecord {
+                op: op.to_owned(),
+                target: target.to_owned(),
+                arg: arg.to_owned(),
+                step: "begin".to_owned(),
+            },
+            by: by.to_owned(),
+            done: Vec::new(),
+        }
+    }
+
+    fn journal(
+        &self,
+        op: &str,
+        by: &str,
+        target: &str,
+        steps: Vec<String>,
+        result: &str,
+    ) -> Result<()> {
+        let entry = JournalEntry {
+            at: self.host.now(),
+            op: op.to_owned(),
+            by: by.to_owned(),
+            target: target.to_owned(),
+            steps,
+            result: result.to_owned(),
+        };
+        let line = serde_json::to_string(&entry).expect("journal entries serialize");
+        tracing::info!(op, by, target, result, "journal");
+        self.host.journal_append(&line)
+    }
+
+    /// The journal, oldest first. Lines that do not parse are skipped (and logged).
+    pub fn journal_entries(&self) -> Result<Vec<JournalEntry>> {
+        Ok(self
+            .host
+            .journal_read()?
+            .iter()
+            .filter_map(|l| match serde_json::from_str(l) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(line = %l, error = %e, "unreadable journal line");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn get_prop(&self, target: &ObjectName, prop: &PropName) -> Result<Option<String>> {
+        let mut got = self.zfs.get(target, std::slice::from_ref(prop))?;
+        Ok(got.remove(prop).and_then(|v| v.value))
+    }
+
+    fn exists(&self, ds: &DatasetName) -> Result<bool> {
+        match self.zfs.get(&ds.into(), &[PropName::native("type")]) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn snapshot_exists(&self, s: &SnapshotName) -> Result<bool> {
+        match self.zfs.get(&s.into(), &[PropName::native("type")]) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True when cairn created `ds` (it carries `cairn:managed`).
+    fn is_managed(&self, ds: &DatasetName) -> Result<bool> {
+        Ok(self.get_prop(&ds.into(), &props::managed())?.as_deref() == Some(layout::MANAGED))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // layout
+
+    /// Lays cairn's layout out on an empty pool: ROOT, CONFIG, DATA/<each>, JOURNAL.
+    /// Refuses a pool that already has one.
+    pub fn init(&self, by: &str) -> Result<Vec<DatasetName>> {
+        let l = &self.layout;
+        if self.exists(&l.root_container())? {
+            return Err(EngineError::AlreadyInitialized);
+        }
+        let none = |v: &str| (PropName::native("mountpoint"), v.to_owned());
+        let off = (PropName::native("canmount"), "off".to_owned());
+        // Containers carry no cairn:managed: user properties inherit, and a dataset
+        // someone else creates under ROOT must not look like ours.
+        let managed = layout::managed_props();
+        let mp = |p: &Path| [vec![none(&p.display().to_string())], managed.clone()].concat();
+        let mut plan: Vec<(DatasetName, Vec<(PropName, String)>)> = vec![
+            (
+                l.root_container(),
+                vec![
+                    none("none"),
+                    off.clone(),
+                    (props::layout_version(), "1".into()),
+                ],
+            ),
+            (l.config_container(), vec![none("none"), off.clone()]),
+            (l.data_container(), vec![none("none"), off.clone()]),
+            (l.journal(), mp(&l.journal_mountpoint)),
+        ];
+        for (d, m) in &l.data {
+            plan.push((d.clone(), mp(m)));
+        }
+        let mut created = Vec::new();
+        for (ds, props) in plan {
+            self.zfs.create(
+                &ds,
+                &CreateOptions {
+                    parents: true,
+                    props,
+                },
+            )?;
+            created.push(ds);
+        }
+        self.journal("init", by, l.base().as_str(), vec!["create".into()], "ok")?;
+        Ok(created)
+    }
+
+    fn require_init(&self) -> Result<()> {
+        if self.exists(&self.layout.root_container())? {
+            Ok(())
+        } else {
+            Err(EngineError::NotInitialized)
+        }
+    }
+
+    /// Installs the first version from a full stream, with an empty config. This is what
+    /// provisioning does when there is no factory baseline (the factory crate builds one).
+    pub fn install_first(
+        &self,
+        version: &str,
+        stream: &mut dyn Read,
+        by: &str,
+    ) -> Result<VersionId> {
+        self.require_init()?;
+        let id = VersionId::from_version(version)?;
+        let root = self.layout.root(&id);
+        if self.exists(&root)? {
+            return Err(EngineError::VersionExists { id: id.to_string() });
+        }
+        let now = self.host.now().to_string();
+        let mut req = ReceiveRequest::new(root.clone());
+        req.no_mount = true;
+        req.props = self.version_props(&id, version, Stored::Staged, None, &now);
+        self.zfs.receive(&req, stream)?;
+        let mut cprops = self.version_props(&id, version, Stored::Staged, None, &now);
+        cprops.push((
+            PropName::native("mountpoint"),
+            self.layout.config_mountpoint.display().to_string(),
+        ));
+        cprops.push((PropName::native("canmount"), "noauto".into()));
+        self.zfs.create(
+            &self.layout.config(&id),
+            &CreateOptions {
+                parents: false,
+                props: cprops,
+            },
+        )?;
+        let mut state = self.boot.read()?;
+        if state.default.is_none() {
+            state.default = Some(id.clone());
+            self.boot.write(&state)?;
+            self.zfs.set_bootfs(&self.layout.pool, Some(&root))?;
+        }
+        self.journal(
+            "install-first",
+            by,
+            id.as_str(),
+            vec!["receive".into(), "config".into()],
+            "ok",
+        )?;
+        Ok(id)
+    }
+
+    fn version_props(
+        &self,
+        id: &VersionId,
+        version: &str,
+        state: Stored,
+        bundle: Option<&str>,
+        now: &str,
+    ) -> Vec<(PropName, String)> {
+        let mut v = layout::managed_props();
+        v.push((props::version(), version.to_owned()));
+        v.push((props::state(), state.as_str().to_owned()));
+        v.push((props::created(), now.to_owned()));
+        v.push((PropName::native("canmount"), "noauto".into()));
+        v.push((PropName::native("mountpoint"), "/".into()));
+        v.push((
+            props::zbm_commandline(),
+            format!("cairn.version={id} cairn.boot=normal"),
+        ));
+        if let Some(b) = bundle {
+            v.push((props::bundle(), b.to_owned()));
+        }
+        v
+    }
+
+    // -----------------------------------------------------------------------------------
+    // reading
+
+    /// Every version, newest first.
+    pub fn versions(&self) -> Result<Vec<Version>> {
+        self.require_init()?;
+        let want = [
+            "cairn:managed",
+            "cairn:version",
+            "cairn:state",
+            "cairn:created",
+            "cairn:last-booted",
+            "cairn:bundle",
+            "cairn:pinned",
+            "cairn:health",
+            "cairn:failed-reason",
+            "used",
+            "origin",
+        ];
+        let props: Vec<PropName> = want
+            .iter()
+            .map(|w| PropName::new(*w).expect("valid"))
+            .collect();
+        let roots = self.zfs.list(&ListRequest {
+            roots: vec![self.layout.root_container()],
+            depth: Some(1),
+            types: vec![DatasetType::Filesystem],
+            props: props.clone(),
+            ..Default::default()
+        })?;
+        let configs: BTreeMap<String, u64> = self
+            .zfs
+            .list(&ListRequest {
+                roots: vec![self.layout.config_container()],
+                depth: Some(1),
+                props: vec![PropName::native("used")],
+                ..Default::default()
+            })?
+            .into_iter()
+            .map(|e| {
+                (
+                    e.name.dataset().basename().to_owned(),
+                    e.num("used").unwrap_or(0),
+                )
+            })
+            .collect();
+        let boot = self.boot.read()?;
+        let booted = self.host.booted();
+        let lkg = self.get_prop(
+            &self.layout.root_container().into(),
+            &props::last_known_good(),
+        )?;
+        let mut out = Vec::new();
+        for e in roots {
+            let ds = e.name.dataset();
+            let Some(id) = self.layout.id_of_root(&ds) else {
+                continue;
+            };
+            if e.prop("cairn:managed") != Some(layout::MANAGED) {
+                continue;
+            }
+            let stored = e
+                .prop("cairn:state")
+                .and_then(Stored::parse)
+                .unwrap_or(Stored::Staging);
+            let is_default = boot.default.as_ref() == Some(&id);
+            let is_trial = boot.trial.as_ref() == Some(&id)
+                && (boot.attempts_left > 0
+                    || booted
+                        .as_ref()
+                        .is_some_and(|b| b.version == id && b.kind == BootKind::Trial));
+            let is_booted = booted.as_ref().is_some_and(|b| b.version == id);
+            let is_lkg = lkg.as_deref() == Some(id.as_str());
+            let state = match stored {
+                Stored::Staging => "staging",
+                Stored::Failed => "failed",
+                Stored::Factory => "factory",
+                _ if is_trial => "trial",
+                _ if is_default => "active",
+                _ if is_lkg => "last-known-good",
+                _ => "staged",
+            };
+            out.push(Version {
+                version: e.prop("cairn:version").unwrap_or_default().to_owned(),
+                stored,
+                state,
+                created: e.num("cairn:created").unwrap_or(0),
+                last_booted: e.num("cairn:last-booted"),
+                bundle: e.prop("cairn:bundle").map(str::to_owned),
+                pinned: e.prop("cairn:pinned") == Some("yes"),
+                health: e.prop("cairn:health").map(str::to_owned),
+                failed_reason: e.prop("cairn:failed-reason").map(str::to_owned),
+                is_default,
+                is_trial,
+                is_booted,
+                is_last_known_good: is_lkg,
+                used: e.num("used").unwrap_or(0) + configs.get(id.as_str()).copied().unwrap_or(0),
+                origin: e.prop("origin").map(str::to_owned),
+                id,
+            });
+        }
+        out.sort_by(|a, b| {
+            b.created
+                .cmp(&a.created)
+                .then_with(|| compare_versions(&b.version, &a.version))
+        });
+        Ok(out)
+    }
+
+    pub fn version(&self, id: &VersionId) -> Result<Version> {
+        self.versions()?
+            .into_iter()
+            .find(|v| &v.id == id)
+            .ok_or_else(|| EngineError::UnknownVersion { id: id.to_string() })
+    }
+
+    /// The running version, required for operations that start from it.
+    fn running(&self) -> Result<VersionId> {
+        let b = self.host.booted().ok_or(EngineError::NotBooted)?;
+        if !self.exists(&self.layout.root(&b.version))? {
+            return Err(EngineError::UnknownVersion {
+                id: b.version.to_string(),
+            });
+        }
+        Ok(b.version)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // staging
+
+    fn check_space(&self, need: u64) -> Result<()> {
+        let info = self.zfs.pool(&self.layout.pool)?;
+        // Keep 1/32 of the pool free as ZFS itself does (slop space).
+        let usable = info.free.saturating_sub(info.size / 32);
+        if need > usable {
+            return Err(EngineError::NotEnoughSpace {
+                pool: self.layout.pool.to_string(),
+                need,
+                free: usable,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every check that can be made before a dataset is touched.
+    fn check_new_version(
+        &self,
+        version: &str,
+        allow_downgrade: bool,
+        size: u64,
+    ) -> Result<(VersionId, VersionId)> {
+        self.require_init()?;
+        let id = VersionId::from_version(version)?;
+        let running = self.running()?;
+        if self.exists(&self.layout.root(&id))? || self.exists(&self.layout.config(&id))? {
+            return Err(EngineError::VersionExists { id: id.to_string() });
+        }
+        let running_version = self
+            .get_prop(&self.layout.root(&running).into(), &props::version())?
+            .unwrap_or_default();
+        if !allow_downgrade && compare_versions(version, &running_version).is_lt() {
+            return Err(EngineError::Downgrade {
+                new: version.to_owned(),
+                running: running_version,
+            });
+        }
+        self.check_space(size)?;
+        Ok((id, running))
+    }
+
+    fn pre_snapshots(&self, running: &VersionId, id: &VersionId) -> Vec<SnapshotName> {
+        let mut v = vec![
+            Layout::pre_snapshot(&self.layout.root(running), id),
+            Layout::pre_snapshot(&self.layout.config(running), id),
+        ];
+        v.extend(
+            self.layout
+                .data_datasets()
+                .map(|d| Layout::pre_snapshot(d, id)),
+        );
+        v
+    }
+
+    /// Step `snapshot`: root, config and data of the running version in one call.
+    fn take_pre_snapshots(&self, running: &VersionId, id: &VersionId) -> Result<()> {
+        let snaps = self.pre_snapshots(running, id);
+        let mut missing = Vec::new();
+        for s in &snaps {
+            if !self.snapshot_exists(s)? {
+                missing.push(s.clone());
+            }
+        }
+        if missing.len() == snaps.len() {
+            self.zfs
+                .snapshot(&snaps, &[(props::managed(), layout::MANAGED.into())])?;
+        } else if !missing.is_empty() {
+            // A partial set cannot come from one atomic call: refuse to guess.
+            return Err(EngineError::Zfs(ZfsError::AlreadyExists {
+                name: format!("part of the pre-upgrade snapshot set for {id}"),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Step `clone-config`: the running config, as of the pre-upgrade snapshot.
+    fn clone_config(
+        &self,
+        running: &VersionId,
+        id: &VersionId,
+        version: &str,
+        bundle: Option<&str>,
+    ) -> Result<()> {
+        let cfg = self.layout.config(id);
+        if self.exists(&cfg)? {
+            return Ok(());
+        }
+        let now = self.host.now().to_string();
+        let mut props = self.version_props(id, version, Stored::Staging, bundle, &now);
+        props.retain(|(k, _)| {
+            k.as_str() != "mountpoint" && k.as_str() != "org.zfsbootmenu:commandline"
+        });
+        props.push((
+            PropName::native("mountpoint"),
+            self.layout.config_mountpoint.display().to_string(),
+        ));
+        let origin = Layout::pre_snapshot(&self.layout.config(running), id);
+        self.zfs.clone_snapshot(&origin, &cfg, &props)?;
+        Ok(())
+    }
+
+    /// Step `migrate`: each hook from the new root, against the new config.
+    fn migrate(&self, id: &VersionId, hooks: &[String], timeout: Duration) -> Result<()> {
+        let root = self.layout.root(id);
+        let cfg = self.layout.config(id);
+        for hook in hooks {
+            let command = vec![hook.clone()];
+            let run = RootRun {
+                root: &root,
+                config: Some((&cfg, &self.layout.config_mountpoint)),
+                command: &command,
+                timeout,
+            };
+            match self.host.run_in_root(&run)? {
+                Ok(()) => {}
+                Err(HookFailure::TimedOut) => {
+                    return Err(EngineError::MigrationTimedOut {
+                        hook: hook.clone(),
+                        secs: timeout.as_secs(),
+                    });
+                }
+                Err(HookFailure::Failed { status, output }) => {
+                    return Err(EngineError::MigrationFailed {
+                        hook: hook.clone(),
+                        status,
+                        output,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&self, id: &VersionId, state: Stored) -> Result<()> {
+        let s = (props::state(), state.as_str().to_owned());
+        self.zfs
+            .set(&self.layout.root(id).into(), std::slice::from_ref(&s))?;
+        if self.exists(&self.layout.config(id))? {
+            self.zfs.set(&self.layout.config(id).into(), &[s])?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything an unfinished staging of `id` created: its config, its root
+    /// (only while still `staging` and cairn's), and the pre-upgrade snapshots.
+    fn undo_staging(&self, id: &VersionId, running: Option<&VersionId>) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for ds in [self.layout.config(id), self.layout.root(id)] {
+            if !self.exists(&ds)? {
+                continue;
+            }
+            if !self.is_managed(&ds)? {
+                return Err(EngineError::Foreign {
+                    name: ds.to_string(),
+                });
+            }
+            let state = self.get_prop(&(&ds).into(), &props::state())?;
+            if state.as_deref() != Some(Stored::Staging.as_str()) {
+                continue;
+            }
+            self.zfs.destroy(
+                &(&ds).into(),
+                DestroyOptions {
+                    recursive: true,
+                    dry_run: false,
+                },
+            )?;
+            done.push(format!("destroyed {ds}"));
+        }
+        if let Some(running) = running {
+            for s in self.pre_snapshots(running, id) {
+                if self.snapshot_exists(&s)? {
+                    self.zfs.destroy(&(&s).into(), DestroyOptions::default())?;
+                    done.push(format!("destroyed {s}"));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Stages a new version beside the running one. On any failure after the first
+    /// dataset was touched, everything is undone before the error is returned.
+    pub fn stage(&self, req: StageRequest<'_>, by: &str) -> Result<VersionId> {
+        let (id, running) =
+            self.check_new_version(&req.version, req.allow_downgrade, req.size_hint)?;
+        if let Payload::IncrementalStream { base, .. } = &req.payload {
+            self.pristine(base)?;
+        }
+        for h in &req.migrations {
+            if !h.starts_with('/') {
+                return Err(EngineError::MigrationFailed {
+                    hook: h.clone(),
+                    status: "not run".into(),
+                    output: "migration hooks must be absolute paths inside the new root".into(),
+                });
+            }
+        }
+        let mut op = self.begin("upgrade", id.as_str(), running.as_str(), by);
+        let result = self.stage_steps(&mut op, req, &id, &running);
+        match result {
+            Ok(()) => {
+                op.finish("ok")?;
+                Ok(id)
+            }
+            Err(EngineError::Crashed { point }) => Err(EngineError::Crashed { point }),
+            Err(e) => {
+                self.undo_staging(&id, Some(&running))?;
+                op.finish(&format!("failed: {e}"))?;
+                Err(e)
+            }
+        }
+    }
+
+    fn stage_steps(
+        &self,
+        op: &mut Op<'_>,
+        req: StageRequest<'_>,
+        id: &VersionId,
+        running: &VersionId,
+    ) -> Result<()> {
+        op.step("snapshot")?;
+        self.take_pre_snapshots(running, id)?;
+        op.step("receive")?;
+        let now = self.host.now().to_string();
+        let mut rr = ReceiveRequest::new(self.layout.root(id));
+        rr.no_mount = true;
+        rr.props = self.version_props(
+            id,
+            &req.version,
+            Stored::Staging,
+            req.bundle.as_deref(),
+            &now,
+        );
+        match req.payload {
+            Payload::FullStream(s) => {
+                self.zfs.receive(&rr, s)?;
+            }
+            Payload::IncrementalStream { base, stream } => {
+                rr.origin = Some(self.pristine(&base)?);
+                self.zfs.receive(&rr, stream)?;
+            }
+        }
+        op.step("clone-config")?;
+        self.clone_config(running, id, &req.version, req.bundle.as_deref())?;
+        op.step("migrate")?;
+        self.migrate(id, &req.migrations, req.migration_timeout)?;
+        op.step("mark-staged")?;
+        self.mark(id, Stored::Staged)?;
+        Ok(())
+    }
+
+    /// The pristine snapshot of a version's root: the one it was received as.
+    pub fn pristine(&self, id: &VersionId) -> Result<SnapshotName> {
+        let root = self.layout.root(id);
+        if !self.exists(&root)? {
+            return Err(EngineError::UnknownVersion { id: id.to_string() });
+        }
+        let snaps = self.zfs.list(&ListRequest {
+            roots: vec![root.clone()],
+            depth: Some(1),
+            types: vec![DatasetType::Snapshot],
+            props: vec![PropName::native("createtxg")],
+            ..Default::default()
+        })?;
+        snaps
+            .into_iter()
+            .filter_map(|e| match e.name {
+                ObjectName::Snapshot(s) if !s.snap().starts_with("cairn-pre-") => {
+                    Some((e.props.values().next().cloned().flatten(), s))
+                }
+                _ => None,
+            })
+            .min_by_key(|(txg, _)| {
+                txg.as_deref()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX)
+            })
+            .map(|(_, s)| s)
+            .ok_or_else(|| EngineError::UnknownVersion {
+                id: format!("{id} (it has no pristine snapshot to build a delta on)"),
+            })
+    }
+
+    /// Package-based staging: clones the running root and runs `command` inside the clone
+    /// (e.g. `apt-get dist-upgrade`); the result becomes `version`. The running system is
+    /// not touched.
+    pub fn stage_packages(
+        &self,
+        version: &str,
+        command: &[String],
+        timeout: Duration,
+        migrations: &[String],
+        by: &str,
+    ) -> Result<VersionId> {
+        let used = self.get_prop(
+            &self.layout.root(&self.running()?).into(),
+            &PropName::native("referenced"),
+        )?;
+        let need = used.and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) / 4;
+        let (id, running) = self.check_new_version(version, false, need)?;
+        let mut op = self.begin("packages", id.as_str(), running.as_str(), by);
+        let result = (|| -> Result<()> {
+            op.step("snapshot")?;
+            self.take_pre_snapshots(&running, &id)?;
+            op.step("clone-root")?;
+            if !self.exists(&self.layout.root(&id))? {
+                let now = self.host.now().to_string();
+                let props = self.version_props(&id, version, Stored::Staging, None, &now);
+                let origin = Layout::pre_snapshot(&self.layout.root(&running), &id);
+                self.zfs
+                    .clone_snapshot(&origin, &self.layout.root(&id), &props)?;
+            }
+            op.step("clone-config")?;
+            self.clone_config(&running, &id, version, None)?;
+            op.step("run")?;
+            let root = self.layout.root(&id);
+            let cfg = self.layout.config(&id);
+            let run = RootRun {
+                root: &root,
+                config: Some((&cfg, &self.layout.config_mountpoint)),
+                command,
+                timeout,
+            };
+            match self.host.run_in_root(&run)? {
+                Ok(()) => {}
+                Err(HookFailure::TimedOut) => {
+                    return Err(EngineError::StagingCommandFailed {
+                        status: "timed out".into(),
+                        output: format!("stopped after {} s", timeout.as_secs()),
+                    });
+                }
+                Err(HookFailure::Failed { status, output }) => {
+                    return Err(EngineError::StagingCommandFailed { status, output });
+                }
+            }
+            op.step("migrate")?;
+            self.migrate(&id, migrations, timeout)?;
+            op.step("mark-staged")?;
+            self.mark(&id, Stored::Staged)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                op.finish("ok")?;
+                Ok(id)
+            }
+            Err(EngineError::Crashed { point }) => Err(EngineError::Crashed { point }),
+            Err(e) => {
+                self.undo_staging(&id, Some(&running))?;
+                op.finish(&format!("failed: {e}"))?;
+                Err(e)
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // activation
+
+    fn bootable(&self, id: &VersionId, force: bool) -> Result<()> {
+        let root = self.layout.root(id);
+        if !self.exists(&root)? {
+            return Err(EngineError::UnknownVersion { id: id.to_string() });
+        }
+        if !self.is_managed(&root)? {
+            return Err(EngineError::Foreign {
+                name: root.to_string(),
+            });
+        }
+        let state = self
+            .get_prop(&(&root).into(), &props::state())?
+            .unwrap_or_default();
+        match Stored::parse(&state) {
+            Some(Stored::Staged | Stored::Confirmed) => Ok(()),
+            Some(Stored::Failed) if force => Ok(()),
+            Some(Stored::Failed) => Err(EngineError::VersionFailed {
+                id: id.to_string(),
+                reason: self
+                    .get_prop(&(&root).into(), &props::failed_reason())?
+                    .unwrap_or_else(|| "no reason recorded".into()),
+            }),
+            _ => Err(EngineError::NotBootable {
+                id: id.to_string(),
+                state,
+            }),
+        }
+    }
+
+    /// Activates a version: as the default, for a trial of N attempts, or for one boot.
+    pub fn activate(&self, id: &VersionId, how: Activation, force: bool, by: &str) -> Result<()> {
+        self.require_init()?;
+        self.bootable(id, force)?;
+        let arg = match how {
+            Activation::Permanent => "permanent".to_owned(),
+            Activation::Trial(n) => format!("trial:{}", n.max(1)),
+            Activation::Once => "once".to_owned(),
+        };
+        let mut op = self.begin("activate", id.as_str(), &arg, by);
+        self.activate_steps(&mut op, id, &arg)?;
+        op.finish("ok")
+    }
+
+    fn activate_steps(&self, op: &mut Op<'_>, id: &VersionId, arg: &str) -> Result<()> {
+        let before = self.boot.read()?;
+        op.step("boot")?;
+        let mut state = before.clone();
+        match arg.split_once(':') {
+            Some(("trial", n)) => {
+                state.trial = Some(id.clone());
+                state.attempts_left = n.parse().unwrap_or(2);
+            }
+            _ if arg == "once" => state.once = Some(id.clone()),
+            _ => {
+                state.default = Some(id.clone());
+                state.trial = None;
+                state.attempts_left = 0;
+                state.once = None;
+            }
+        }
+        if state != before {
+            self.boot.write(&state)?;
+        }
+        if arg == "permanent" {
+            op.step("bootfs")?;
+            self.zfs
+                .set_bootfs(&self.layout.pool, Some(&self.layout.root(id)))?;
+            op.step("lkg")?;
+            if let Some(prev) = before.default.filter(|p| p != id) {
+                self.zfs.set(
+                    &self.layout.root_container().into(),
+                    &[(props::last_known_good(), prev.to_string())],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Confirms the running trial: it becomes the default and the previous default the
+    /// last known good. Called by the health unit after the checks pass.
+    pub fn confirm(&self, health: &str, by: &str) -> Result<VersionId> {
+        self.require_init()?;
+        let booted = self.host.booted().ok_or(EngineError::NotBooted)?;
+        let state = self.boot.read()?;
+        if booted.kind != BootKind::Trial || state.trial.as_ref() != Some(&booted.version) {
+            return Err(EngineError::NoTrial { what: "confirm" });
+        }
+        let id = booted.version;
+        let prev = state
+            .default
+            .clone()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into());
+        let mut op = self.begin("confirm", id.as_str(), &prev, by);
+        self.confirm_steps(&mut op, &id, &prev, health)?;
+        op.finish("ok")?;
+        Ok(id)
+    }
+
+    fn confirm_steps(
+        &self,
+        op: &mut Op<'_>,
+        id: &VersionId,
+        prev: &str,
+        health: &str,
+    ) -> Result<()> {
+        op.step("boot")?;
+        let mut state = self.boot.read()?;
+        if state.default.as_ref() != Some(id) || state.trial.is_some() {
+            state.default = Some(id.clone());
+            state.trial = None;
+            state.attempts_left = 0;
+            self.boot.write(&state)?;
+        }
+        op.step("lkg")?;
+        if prev != "-" && prev != id.as_str() {
+            self.zfs.set(
+                &self.layout.root_container().into(),
+                &[(props::last_known_good(), prev.to_owned())],
+            )?;
+        }
+        op.step("bootfs")?;
+        self.zfs
+            .set_bootfs(&self.layout.pool, Some(&self.layout.root(id)))?;
+        op.step("mark")?;
+        self.mark(id, Stored::Confirmed)?;
+        let h = if health.is_empty() { "passed" } else { health };
+        self.zfs.set(
+            &self.layout.root(id).into(),
+            &[(props::health(), sanitize(h))],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a version failed with a reason; if it is the trial target, the trial ends and
+    /// the next boot goes to the default.
+    pub fn mark_failed(&self, id: &VersionId, reason: &str, by: &str) -> Result<()> {
+        self.require_init()?;
+        let root = self.layout.root(id);
+        if !self.exists(&root)? {
+            return Err(EngineError::UnknownVersion { id: id.to_string() });
+        }
+        if self.boot.read()?.default.as_ref() == Some(id) {
+            return Err(EngineError::NotBootable {
+                id: id.to_string(),
+                state: "the default version cannot be marked failed; activate another first".into(),
+            });
+        }
+        let mut op = self.begin("mark-failed", id.as_str(), "-", by);
+        self.mark_failed_steps(&mut op, id, reason)?;
+        op.finish(&format!("failed: {reason}"))
+    }
+
+    fn mark_failed_steps(&self, op: &mut Op<'_>, id: &VersionId, reason: &str) -> Result<()> {
+        op.step("mark")?;
+        self.mark(id, Stored::Failed)?;
+        self.zfs.set(
+            &self.layout.root(id).into(),
+            &[(props::failed_reason(), sanitize(reason))],
+        )?;
+        op.step("boot")?;
+        let mut state = self.boot.read()?;
+        if state.trial.as_ref() == Some(id) || state.once.as_ref() == Some(id) {
+            if state.trial.as_ref() == Some(id) {
+                state.trial = None;
+                state.attempts_left = 0;
+            }
+            if state.once.as_ref() == Some(id) {
+                state.once = None;
+            }
+            self.boot.write(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Bootable versions other than failed ones, oldest first.
+    fn bootable_history(&self) -> Result<Vec<Version>> {
+        let mut v: Vec<Version> = self
+            .versions()?
+            .into_iter()
+            .filter(|v| matches!(v.stored, Stored::Staged | Stored::Confirmed))
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Makes the version `steps` places older than the default the new default.
+    pub fn rollback(&self, steps: usize, by: &str) -> Result<VersionId> {
+        let hist = self.bootable_history()?;
+        let default = self.boot.read()?.default;
+        let pos = hist
+            .iter()
+            .position(|v| Some(&v.id) == default.as_ref())
+            .unwrap_or(hist.len());
+        let target = pos
+            .checked_sub(steps.max(1))
+            .and_then(|i| hist.get(i))
+            .ok_or(EngineError::NothingToRollTo { direction: "older" })?;
+        let id = target.id.clone();
+        self.activate(&id, Activation::Permanent, false, by)?;
+        Ok(id)
+    }
+
+    /// Makes the next newer kept version the default.
+    pub fn roll_forward(&self, by: &str) -> Result<VersionId> {
+        let hist = self.bootable_history()?;
+        let default = self.boot.read()?.default;
+        let pos = hist
+            .iter()
+            .position(|v| Some(&v.id) == default.as_ref())
+            .ok_or(EngineError::NothingToRollTo { direction: "newer" })?;
+        let target = hist
+            .get(pos + 1)
+            .ok_or(EngineError::NothingToRollTo { direction: "newer" })?;
+        let id = target.id.clone();
+        self.activate(&id, Activation::Permanent, false, by)?;
+        Ok(id)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // read-only access
+
+    /// Mounts a version's root or config (or one of their snapshots) read-only at `at`.
+    pub fn mount(
+        &self,
+        id: &VersionId,
+        part: Part,
+        snapshot: Option<&str>,
+        at: &Path,
+    ) -> Result<PathBuf> {
+        let ds = match part {
+            Part::Root => self.layout.root(id),
+            Part::Config => self.layout.config(id),
+        };
+        if !self.exists(&ds)? {
+            return Err(EngineError::UnknownVersion { id: id.to_string() });
+        }
+        let target: ObjectName = match snapshot {
+            Some(s) => ds.snapshot(s).map_err(ZfsError::from)?.into(),
+            None => ds.into(),
+        };
+        Ok(self.zfs.mount(
+            &target,
+            &MountOptions {
+                at: Some(at.to_owned()),
+                read_only: true,
+            },
+        )?)
+    }
+
+    pub fn unmount(&self, at: &Path) -> Result<()> {
+        Ok(self.zfs.unmount(at)?)
+    }
+
+    /// What changed in `to`'s root since `from` was installed: `to` must descend from
+    /// `from`'s pristine snapshot (a delta, or a package upgrade).
+    pub fn diff(&self, from: &VersionId, to: &VersionId) -> Result<Vec<DiffEntry>> {
+        let base = self.pristine(from)?;
+        let to_root = self.layout.root(to);
+        if !self.exists(&to_root)? {
+            return Err(EngineError::UnknownVersion { id: to.to_string() });
+        }
+        Ok(self.zfs.diff(&base, &to_root.into())?)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // adoption and reconcile
+
+    /// Versions the journal never recorded (restored from a replica, say): checked and
+    /// taken back under management. Returns their ids. Foreign datasets are left alone.
+    pub fn adopt(&self, by: &str) -> Result<Vec<VersionId>> {
+        let known: std::collections::BTreeSet<String> = self
+            .journal_entries()?
+            .into_iter()
+            .filter(|e| e.result == "ok")
+            .map(|e| e.target)
+            .collect();
+        let mut adopted = Vec::new();
+        for v in self.versions()? {
+            if known.contains(v.id.as_str()) || v.stored == Stored::Staging {
+                continue;
+            }
+            if !self.exists(&self.layout.config(&v.id))? || v.version.is_empty() {
+                tracing::warn!(id = %v.id, "not adopting: no config dataset or no cairn:version");
+                continue;
+            }
+            self.journal("adopt", by, v.id.as_str(), vec!["check".into()], "ok")?;
+            adopted.push(v.id);
+        }
+        Ok(adopted)
+    }
+
+    /// Run at start: finishes or undoes what a crash interrupted, records the boot, and
+    /// turns a fallback boot into a failed trial.
+    pub fn reconcile(&self, by: &str) -> Result<ReconcileReport> {
+        self.require_init()?;
+        let mut report = ReconcileReport::default();
+        if let Some(rec) = self.get_op()? {
+            report.actions.push(format!(
+                "found unfinished {} of {} at step {}",
+                rec.op, rec.target, rec.step
+            ));
+            self.resume(&rec, by, &mut report)?;
+        }
+        // Leftovers of a staging whose record was lost.
+        for v in self.versions()? {
+            if v.stored == Stored::Staging && !v.is_booted {
+                report.actions.extend(self.undo_staging(&v.id, None)?);
+            }
+        }
+        if let Some(b) = self.host.booted() {
+            let root = self.layout.root(&b.version);
+            if self.exists(&root)? {
+                self.zfs.set(
+                    &(&root).into(),
+                    &[(props::last_booted(), self.host.now().to_string())],
+                )?;
+            }
+            let state = self.boot.read()?;
+            if b.kind == BootKind::Fallback
+                && let Some(t) = state.trial.clone()
+            {
+                let reason = "the trial did not confirm before its boot attempts ran out";
+                self.mark_failed(&t, reason, by)?;
+                report.actions.push(format!(
+                    "trial of {t} failed: {reason}; booted {} instead",
+                    b.version
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    fn resume(&self, rec: &OpRecord, by: &str, report: &mut ReconcileReport) -> Result<()> {
+        let id = VersionId::new(&rec.target)?;
+        match rec.op.as_str() {
+            "upgrade" | "packages" => {
+                let state = self
+                    .get_prop(&self.layout.root(&id).into(), &props::state())
+                    .ok()
+                    .flatten();
+                let staged = self.exists(&self.layout.root(&id))?
+                    && state.as_deref() == Some(Stored::Staged.as_str());
+                if staged {
+                    report
+                        .actions
+                        .push(format!("{id} was staged completely; kept"));
+                    self.set_op(None)?;
+                    self.journal(&rec.op, by, &rec.target, vec!["reconcile".into()], "ok")?;
+                } else {
+                    let running = VersionId::new(&rec.arg)?;
+                    report
+                        .actions
+                        .extend(self.undo_staging(&id, Some(&running))?);
+                    self.set_op(None)?;
+                    self.journal(
+                        &rec.op,
+                        by,
+                        &rec.target,
+                        vec!["reconcile".into()],
+                        "undone after a crash",
+                    )?;
+                }
+            }
+            "activate" => {
+                let mut op = self.begin("activate", id.as_str(), &rec.arg, by);
+                self.activate_steps(&mut op, &id, &rec.arg)?;
+                op.finish("ok (finished by reconcile)")?;
+                report
+                    .actions
+                    .push(format!("finished activating {id} ({})", rec.arg));
+            }
+            "confirm" => {
+                let mut op = self.begin("confirm", id.as_str(), &rec.arg, by);
+                self.confirm_steps(&mut op, &id, &rec.arg, "passed")?;
+                op.finish("ok (finished by reconcile)")?;
+                report.actions.push(format!("finished confirming {id}"));
+            }
+            "mark-failed" => {
+                let reason = self
+                    .get_prop(&self.layout.root(&id).into(), &props::failed_reason())?
+                    .unwrap_or_else(|| "marked failed (interrupted)".into());
+                let mut op = self.begin("mark-failed", id.as_str(), "-", by);
+                self.mark_failed_steps(&mut op, &id, &reason)?;
+                op.finish("failed (finished by reconcile)")?;
+                report.actions.push(format!("finished marking {id} failed"));
+            }
+            other => {
+                tracing::warn!(op = other, "unknown operation record; clearing it");
+                self.set_op(None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes free text safe for a property value: one line, no tabs.
+fn sanitize(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let t = t.trim();
+    let t = if t.is_empty() || t == "-" {
+        "(none)"
+    } else {
+        t
+    };
+    t.chars().take(1000).collect()
+}

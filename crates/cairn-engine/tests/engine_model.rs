@@ -1,0 +1,22 @@
+//! The engine suite on the in-memory model (plain `cargo test`).
+
+use cairn_engine::suite::{CASES, ModelWorld, catch};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = CASES
+        .iter()
+        .map(|(name, case)| {
+            let case = *case;
+            Trial::test(*name, move || {
+                catch(|| {
+                    case(&mut ModelWorld::new());
+                    Ok(())
+                })
+                .map_err(Failed::from)
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
