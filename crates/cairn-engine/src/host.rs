@@ -48,6 +48,8 @@ pub trait Host: Send + Sync {
     /// Appends one line to the journal and makes it durable.
     fn journal_append(&self, line: &str) -> Result<(), EngineError>;
     fn journal_read(&self) -> Result<Vec<String>, EngineError>;
+    /// A directory for temporary mounts.
+    fn work_dir(&self) -> PathBuf;
     /// Runs a program inside a version's root (chroot), with its config mounted.
     fn run_in_root(&self, run: &RootRun<'_>) -> Result<Result<(), HookFailure>, EngineError>;
 }
@@ -153,6 +155,10 @@ impl Host for SimHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone())
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        PathBuf::from("/sim/work")
     }
 
     fn run_in_root(&self, run: &RootRun<'_>) -> Result<Result<(), HookFailure>, EngineError> {
@@ -269,6 +275,10 @@ impl Host for RealHost {
                 source: e,
             }),
         }
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        self.work.clone()
     }
 
     fn run_in_root(&self, run: &RootRun<'_>) -> Result<Result<(), HookFailure>, EngineError> {

@@ -479,17 +479,12 @@ impl Engine {
         req.no_mount = true;
         req.props = self.version_props(&id, version, Stored::Staged, None, &now);
         self.zfs.receive(&req, stream)?;
-        let mut cprops = self.version_props(&id, version, Stored::Staged, None, &now);
-        cprops.push((
-            PropName::native("mountpoint"),
-            self.layout.config_mountpoint.display().to_string(),
-        ));
-        cprops.push((PropName::native("canmount"), "noauto".into()));
+        let props = self.config_props(&id, version, Stored::Staged, None, &now);
         self.zfs.create(
             &self.layout.config(&id),
             &CreateOptions {
                 parents: false,
-                props: cprops,
+                props,
             },
         )?;
         let mut state = self.boot.read()?;
@@ -530,6 +525,24 @@ impl Engine {
             v.push((props::bundle(), b.to_owned()));
         }
         v
+    }
+
+    /// A config dataset's properties: the version's, mounted at the layout's config path.
+    fn config_props(
+        &self,
+        id: &VersionId,
+        version: &str,
+        state: Stored,
+        bundle: Option<&str>,
+        now: &str,
+    ) -> Vec<(PropName, String)> {
+        let mut props = self.version_props(id, version, state, bundle, now);
+        props.retain(|(k, _)| k.as_str() != "mountpoint" && k != &props::zbm_commandline());
+        props.push((
+            PropName::native("mountpoint"),
+            self.layout.config_mountpoint.display().to_string(),
+        ));
+        props
     }
 
     // -----------------------------------------------------------------------------------
@@ -749,14 +762,7 @@ impl Engine {
             return Ok(());
         }
         let now = self.host.now().to_string();
-        let mut props = self.version_props(id, version, Stored::Staging, bundle, &now);
-        props.retain(|(k, _)| {
-            k.as_str() != "mountpoint" && k.as_str() != "org.zfsbootmenu:commandline"
-        });
-        props.push((
-            PropName::native("mountpoint"),
-            self.layout.config_mountpoint.display().to_string(),
-        ));
+        let props = self.config_props(id, version, Stored::Staging, bundle, &now);
         let origin = Layout::pre_snapshot(&self.layout.config(running), id);
         self.zfs.clone_snapshot(&origin, &cfg, &props)?;
         Ok(())
@@ -1275,13 +1281,43 @@ impl Engine {
 
     /// What changed in `to`'s root since `from` was installed: `to` must descend from
     /// `from`'s pristine snapshot (a delta, or a package upgrade).
+    /// `zfs diff` needs both datasets mounted; versions that are not running are mounted
+    /// read-only in the host's work directory for the comparison.
     pub fn diff(&self, from: &VersionId, to: &VersionId) -> Result<Vec<DiffEntry>> {
         let base = self.pristine(from)?;
         let to_root = self.layout.root(to);
         if !self.exists(&to_root)? {
             return Err(EngineError::UnknownVersion { id: to.to_string() });
         }
-        Ok(self.zfs.diff(&base, &to_root.into())?)
+        let mut mounted = Vec::new();
+        let result = (|| -> Result<Vec<DiffEntry>> {
+            for ds in [base.dataset(), to_root.clone()] {
+                if self
+                    .get_prop(&(&ds).into(), &PropName::native("mounted"))?
+                    .as_deref()
+                    == Some("yes")
+                    || mounted.iter().any(|(d, _)| d == &ds)
+                {
+                    continue;
+                }
+                let at = self.host.work_dir().join(format!("diff-{}", ds.basename()));
+                self.zfs.mount(
+                    &(&ds).into(),
+                    &MountOptions {
+                        at: Some(at.clone()),
+                        read_only: true,
+                    },
+                )?;
+                mounted.push((ds, at));
+            }
+            Ok(self.zfs.diff(&base, &to_root.clone().into())?)
+        })();
+        for (_, at) in mounted.iter().rev() {
+            if let Err(e) = self.zfs.unmount(at) {
+                tracing::warn!(path = %at.display(), error = %e, "could not unmount after diff");
+            }
+        }
+        result
     }
 
     // -----------------------------------------------------------------------------------

@@ -247,6 +247,18 @@ fn read_config(w: &dyn World, v: &VersionId, file: &str) -> Option<String> {
     text
 }
 
+/// Reads a file from a version's root through a read-only mount (roots are not mounted).
+fn read_root(w: &dyn World, v: &VersionId, file: &str) -> Option<Vec<u8>> {
+    let at = w.h().scratch().join(format!("root-{v}"));
+    let mnt = w
+        .engine()
+        .mount(v, Part::Root, None, &at)
+        .expect("mount root");
+    let bytes = w.h().read_mounted(&mnt, file);
+    w.engine().unmount(&mnt).expect("unmount root");
+    bytes
+}
+
 fn data_intact(w: &dyn World) {
     assert_eq!(
         w.h()
@@ -306,10 +318,8 @@ fn init_lays_out_and_refuses_twice(w: &mut dyn World) {
 fn stage_full_stream_beside_running(w: &mut dyn World) {
     let mut vendor = provisioned(w);
     let (full, _) = vendor.release(w, "2.0", &[("/usr/lib/app/version", "2.0\n")]);
-    let running_before = w.h().read_file(
-        &w.engine().layout().root(&id("1.0")).into(),
-        "/usr/lib/app/version",
-    );
+    let running_before = read_root(w, &id("1.0"), "/usr/lib/app/version");
+    assert_eq!(running_before.as_deref(), Some(&b"1.0\n"[..]));
     let v2 = stage(w, "2.0", &full, &[]).unwrap();
     let vs = w.engine().versions().unwrap();
     let ids: Vec<_> = vs.iter().map(|v| (v.id.to_string(), v.state)).collect();
@@ -345,9 +355,12 @@ fn stage_full_stream_beside_running(w: &mut dyn World) {
     assert!(pre.windows(2).all(|p| txg(&p[0]) == txg(&p[1])), "atomic");
     // The new root is a separate dataset; the running one is untouched.
     assert_eq!(
-        w.h()
-            .read_file(&l.root(&id("1.0")).into(), "/usr/lib/app/version"),
+        read_root(w, &id("1.0"), "/usr/lib/app/version"),
         running_before
+    );
+    assert_eq!(
+        read_root(w, &v2, "/usr/lib/app/version").as_deref(),
+        Some(&b"2.0\n"[..])
     );
     let plain = w
         .h()
@@ -397,12 +410,7 @@ fn stage_incremental_as_clone(w: &mut dyn World) {
         "received as a clone of 1.0's pristine snapshot"
     );
     assert_eq!(
-        w.h()
-            .read_file(
-                &w.engine().layout().root(&v2).into(),
-                "/usr/lib/app/version"
-            )
-            .as_deref(),
+        read_root(w, &v2, "/usr/lib/app/version").as_deref(),
         Some(&b"2.0\n"[..])
     );
 }
@@ -712,12 +720,8 @@ fn mount_read_only_and_diff(w: &mut dyn World) {
         Some(&b"1.0\n"[..])
     );
     w.engine().unmount(&mnt).unwrap();
-    // zfs diff needs the later dataset mounted; mount it read-only for the comparison.
-    let at2 = w.h().scratch().join("inspect-2");
-    let mnt2 = w.engine().mount(&v2, Part::Root, None, &at2).unwrap();
-    let d = w.engine().diff(&id("1.0"), &v2);
-    w.engine().unmount(&mnt2).unwrap();
-    let d = d.unwrap();
+    // Neither root is mounted: diff mounts what it needs and unmounts it again.
+    let d = w.engine().diff(&id("1.0"), &v2).unwrap();
     let paths: Vec<_> = d
         .iter()
         .filter(|e| e.file_type == 'F')
@@ -751,7 +755,8 @@ fn package_staging_leaves_running_root_alone(w: &mut dyn World) {
             text: "upgraded",
         },
     );
-    let before = w.h().read_file(&(&r1).into(), "/usr/lib/app/pkg");
+    let before = read_root(w, &id("1.0"), "/usr/lib/app/pkg");
+    assert_eq!(before, None);
     let v = w
         .engine()
         .stage_packages(
@@ -763,13 +768,11 @@ fn package_staging_leaves_running_root_alone(w: &mut dyn World) {
         )
         .unwrap();
     assert_eq!(
-        w.h()
-            .read_file(&l.root(&v).into(), "/usr/lib/app/pkg")
-            .as_deref(),
+        read_root(w, &v, "/usr/lib/app/pkg").as_deref(),
         Some(&b"upgraded"[..])
     );
     assert_eq!(
-        w.h().read_file(&(&r1).into(), "/usr/lib/app/pkg"),
+        read_root(w, &id("1.0"), "/usr/lib/app/pkg"),
         before,
         "running root untouched"
     );

@@ -470,12 +470,19 @@ impl Zfs for ZfsCli {
     }
 
     fn diff(&self, from: &SnapshotName, to: &ObjectName) -> Result<Vec<DiffEntry>> {
-        let mountpoint = self.mountpoint_of(&from.dataset())?;
+        // `zfs diff` prints absolute paths under wherever the datasets are mounted (their
+        // mountpoint, or an alternate path): strip whichever applies.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut roots = Vec::new();
+        for ds in [from.dataset(), to.dataset()] {
+            roots.extend(parse::mount_paths(&mounts, ds.as_str()));
+            roots.push(self.mountpoint_of(&ds)?);
+        }
         let cmd = self
             .zfs()
             .args(["diff", "-H", "-F", from.as_str(), to.as_str()]);
         let out = self.run(&cmd, from.as_str())?;
-        Self::parse(&cmd, parse::parse_diff(&out, &mountpoint))
+        Self::parse(&cmd, parse::parse_diff(&out, &roots))
     }
 
     fn mount(&self, target: &ObjectName, opts: &MountOptions) -> Result<PathBuf> {

@@ -402,6 +402,19 @@ fn property_values_checked_before_write(h: &dyn Harness) {
         None,
         "nothing of a refused set was written"
     );
+    let twice = [
+        (p("cairn:ok"), "a".to_string()),
+        (p("cairn:ok"), "b".to_string()),
+    ];
+    let r = h.zfs().create(
+        &ds(h, "b"),
+        &CreateOptions {
+            parents: false,
+            props: twice.to_vec(),
+        },
+    );
+    expect_kind(r, ErrorKind::InvalidName, "one property twice");
+    assert!(!names(h).contains(&ds(h, "b").to_string()));
     assert!(PropName::user("Cairn:x").is_err());
     assert!(PropName::user("nocolon").is_err());
 }

@@ -290,9 +290,17 @@ pub trait Zfs: Send + Sync {
 }
 
 /// Checks every value of a property list before anything is written.
+/// Refuses a list that names one property twice, as `zfs` does ("specified multiple times").
 pub(crate) fn check_props(props: &[(PropName, String)]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
     for (name, value) in props {
         name.check_value(value)?;
+        if !seen.insert(name) {
+            return Err(ZfsError::RefusedName {
+                name: name.to_string(),
+                detail: "property specified multiple times".into(),
+            });
+        }
     }
     Ok(())
 }

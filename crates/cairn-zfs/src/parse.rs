@@ -184,17 +184,37 @@ pub fn unescape_diff_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where `/proc/self/mounts` says a dataset is mounted (octal escapes decoded).
+pub fn mount_paths(mounts: &str, dataset: &str) -> Vec<String> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let (src, at, fstype) = (w.next()?, w.next()?, w.next()?);
+            (fstype == "zfs" && src == dataset).then(|| unescape_diff_path(at))
+        })
+        .collect()
+}
+
 /// `zfs diff -H -F <from> <to>`: `change\ttype\tpath[\tnewpath]`. Paths come back
-/// relative to `mountpoint` (the dataset's root), starting with `/`.
-pub fn parse_diff(out: &str, mountpoint: &str) -> Result<Vec<DiffEntry>> {
-    let root = mountpoint.trim_end_matches('/');
+/// relative to the longest of `roots` (where the datasets are mounted) that prefixes
+/// them, starting with `/`.
+pub fn parse_diff<S: AsRef<str>>(out: &str, roots: &[S]) -> Result<Vec<DiffEntry>> {
+    let mut roots: Vec<&str> = roots
+        .iter()
+        .map(|r| r.as_ref().trim_end_matches('/'))
+        .collect();
+    roots.sort_by_key(|r| std::cmp::Reverse(r.len()));
     let rel = |p: &str| -> String {
         let p = unescape_diff_path(p);
-        match p.strip_prefix(root) {
-            Some("") => "/".to_owned(),
-            Some(r) if r.starts_with('/') => r.to_owned(),
-            _ => p,
+        for root in &roots {
+            match p.strip_prefix(root) {
+                Some("") => return "/".to_owned(),
+                Some(r) if r.starts_with('/') => return r.to_owned(),
+                _ => {}
+            }
         }
+        p
     };
     let mut entries = Vec::new();
     for line in out.lines().filter(|l| !l.is_empty()) {
@@ -279,7 +299,7 @@ mod tests {
     #[test]
     fn diff_unescapes_and_relativises() {
         let out = "M\t/\t/mnt/p/a\n+\tF\t/mnt/p/a/new\\0040file\nR\tF\t/mnt/p/a/x\t/mnt/p/a/y\n";
-        let d = parse_diff(out, "/mnt/p/a").unwrap();
+        let d = parse_diff(out, &["/mnt", "/mnt/p/a"]).unwrap();
         assert_eq!(
             d,
             vec![
@@ -300,7 +320,9 @@ mod tests {
                 },
             ]
         );
-        assert!(parse_diff("Q\tF\t/x\n", "/").is_err());
+        assert!(parse_diff("Q\tF\t/x\n", &["/"]).is_err());
+        let m = "rpool/ROOT/v1 / zfs rw 0 0\nt/a /mnt/with\\040space zfs ro 0 0\n";
+        assert_eq!(mount_paths(m, "t/a"), ["/mnt/with space"]);
     }
 
     #[test]

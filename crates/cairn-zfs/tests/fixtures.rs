@@ -147,7 +147,7 @@ fn destroy_dry_runs() {
 
 #[test]
 fn diff() {
-    let d = parse_diff(&fixture("diff.txt"), "/scratch/be").unwrap();
+    let d = parse_diff(&fixture("diff.txt"), &["/scratch/be"]).unwrap();
     let find = |p: &str| {
         d.iter()
             .find(|e| e.path == p)
