@@ -83,6 +83,8 @@ pub enum EngineError {
     Foreign { name: String },
     #[error("stopped at step '{point}' (test crash point)")]
     Crashed { point: String },
+    #[error("cancelled at step '{step}'; what was done is undone")]
+    Cancelled { step: String },
     #[error(transparent)]
     Zfs(#[from] ZfsError),
     #[error("{what}: {source}")]
@@ -183,7 +185,23 @@ pub mod steps {
     pub const ACTIVATE: &[&str] = &["boot", "bootfs", "lkg"];
     pub const CONFIRM: &[&str] = &["boot", "lkg", "bootfs", "mark"];
     pub const MARK_FAILED: &[&str] = &["mark", "boot"];
+
+    /// The steps of an operation by its journal name.
+    pub fn of(op: &str) -> &'static [&'static str] {
+        match op {
+            "upgrade" => UPGRADE,
+            "packages" => PACKAGES,
+            "activate" => ACTIVATE,
+            "confirm" => CONFIRM,
+            "mark-failed" => MARK_FAILED,
+            _ => &[],
+        }
+    }
 }
+
+/// Told about each step as it starts (operation, step, percent done); returning `false`
+/// cancels the operation there.
+pub type Observer = Arc<dyn Fn(&str, &str, u32) -> bool + Send + Sync>;
 
 /// The engine.
 pub struct Engine {
@@ -192,6 +210,7 @@ pub struct Engine {
     host: Arc<dyn Host>,
     layout: Layout,
     crash_at: Mutex<Option<String>>,
+    observer: Mutex<Option<Observer>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,12 +261,28 @@ struct Op<'e> {
 }
 
 impl Op<'_> {
-    /// Records that `step` is about to run; a test crash point may stop here.
+    /// Records that `step` is about to run; a test crash point or the observer may stop
+    /// here.
     fn step(&mut self, step: &str) -> Result<()> {
         self.rec.step = step.to_owned();
         self.engine.set_op(Some(&self.rec))?;
         self.done.push(step.to_owned());
-        self.engine.crash_point(&self.rec.op, step)
+        self.engine.crash_point(&self.rec.op, step)?;
+        let all = steps::of(&self.rec.op);
+        let pos = all.iter().position(|s| *s == step).unwrap_or(0);
+        let percent = (pos * 100 / all.len().max(1)) as u32;
+        let observer = self
+            .engine
+            .observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match observer {
+            Some(o) if !o(&self.rec.op, step, percent) => Err(EngineError::Cancelled {
+                step: step.to_owned(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn finish(self, result: &str) -> Result<()> {
@@ -271,7 +306,35 @@ impl Engine {
             host,
             layout,
             crash_at: Mutex::new(crash_at),
+            observer: Mutex::new(None),
         }
+    }
+
+    /// Installs (or removes) the step observer: progress reports and cancellation.
+    pub fn set_observer(&self, observer: Option<Observer>) {
+        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = observer;
+    }
+
+    /// Pins a version (retention never removes it) or unpins it.
+    pub fn pin(&self, id: &VersionId, pinned: bool, by: &str) -> Result<()> {
+        self.require_init()?;
+        let root = self.layout.root(id);
+        if !self.exists(&root)? {
+            return Err(EngineError::UnknownVersion { id: id.to_string() });
+        }
+        if !self.is_managed(&root)? {
+            return Err(EngineError::Foreign {
+                name: root.to_string(),
+            });
+        }
+        if pinned {
+            self.zfs
+                .set(&(&root).into(), &[(props::pinned(), "yes".into())])?;
+        } else {
+            self.zfs.inherit(&(&root).into(), &props::pinned())?;
+        }
+        let op = if pinned { "pin" } else { "unpin" };
+        self.journal(op, by, id.as_str(), vec![op.into()], "ok")
     }
 
     pub fn layout(&self) -> &Layout {

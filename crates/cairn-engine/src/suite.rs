@@ -110,6 +110,11 @@ pub const CASES: &[(&str, Case)] = &[
         crash_at_every_activation_step,
     ),
     ("crash_at_every_confirm_step", crash_at_every_confirm_step),
+    (
+        "cancel_stops_staging_and_undoes_it",
+        cancel_stops_staging_and_undoes_it,
+    ),
+    ("pin_and_unpin", pin_and_unpin),
 ];
 
 const BY: &str = "test";
@@ -1007,6 +1012,48 @@ fn crash_at_every_confirm_step(w: &mut dyn World) {
             .unwrap();
         w.reboot();
     }
+}
+
+fn cancel_stops_staging_and_undoes_it(w: &mut dyn World) {
+    let mut vendor = provisioned(w);
+    let (full, _) = vendor.release(w, "2.0", &[]);
+    let before = names(w);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    w.engine().set_observer(Some(Arc::new(move |op, step, pct| {
+        log.lock().unwrap().push(format!("{op}:{step}:{pct}"));
+        step != "clone-config"
+    })));
+    kind(
+        stage(w, "2.0", &full, &[]),
+        |e| matches!(e, EngineError::Cancelled { step } if step == "clone-config"),
+        "cancelled staging",
+    );
+    w.engine().set_observer(None);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "upgrade:snapshot:0",
+            "upgrade:receive:20",
+            "upgrade:clone-config:40"
+        ],
+        "progress in order"
+    );
+    assert_eq!(names(w), before, "cancel undid everything");
+    stage(w, "2.0", &full, &[]).unwrap();
+}
+
+fn pin_and_unpin(w: &mut dyn World) {
+    let _vendor = provisioned(w);
+    w.engine().pin(&id("1.0"), true, BY).unwrap();
+    assert!(w.engine().version(&id("1.0")).unwrap().pinned);
+    w.engine().pin(&id("1.0"), false, BY).unwrap();
+    assert!(!w.engine().version(&id("1.0")).unwrap().pinned);
+    kind(
+        w.engine().pin(&id("9"), true, BY),
+        |e| matches!(e, EngineError::UnknownVersion { .. }),
+        "pin unknown",
+    );
 }
 
 // ---------------------------------------------------------------------------------------
