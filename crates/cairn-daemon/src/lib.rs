@@ -1,1 +1,70 @@
-//! x
+//! cairnd: cairn's D-Bus service (BRIEF §8). The objects and their methods are in
+//! [`service`]; the wire contract (names, errors, client proxies) in [`api`]. The daemon
+//! holds no state of its own: everything is in ZFS, the boot state and the journal.
+
+pub mod api;
+pub mod service;
+
+use std::sync::Arc;
+
+use cairn_engine::{BootKind, Engine, Layout, MemBoot, SimHost};
+use cairn_zfs::model::ZfsModel;
+use cairn_zfs::{CreateOptions, PoolName, SendRequest, Zfs};
+
+pub use service::{AuthPolicy, Shared, Updater};
+
+/// Serves the manager on `conn` (already connected to a bus) and claims the bus name.
+pub async fn serve(conn: &zbus::Connection, shared: Arc<Shared>) -> zbus::Result<()> {
+    conn.object_server()
+        .at(api::MANAGER_PATH, Updater::new(shared))
+        .await?;
+    conn.request_name(api::BUS_NAME).await?;
+    Ok(())
+}
+
+/// A simulated appliance: an 8 GiB model pool laid out by cairn, version 1.0 installed
+/// and booted. `cairnd --sim` serves it so the CLI can be tried without ZFS or root.
+pub fn sim_engine() -> anyhow::Result<(Arc<Engine>, Arc<ZfsModel>, Arc<SimHost>)> {
+    let model = Arc::new(ZfsModel::new());
+    let pool = PoolName::new("rpool")?;
+    model.create_pool(&pool, 8 << 30)?;
+    let boot = Arc::new(MemBoot::new());
+    let host = Arc::new(SimHost::new(model.clone(), boot.clone()));
+    let engine = Arc::new(Engine::new(
+        model.clone(),
+        boot,
+        host.clone(),
+        Layout::simple(&pool),
+    ));
+    engine.init("sim")?;
+    let stream = sim_release_stream(&model, "1.0")?;
+    let v1 = engine.install_first("1.0", &mut stream.as_slice(), "sim")?;
+    host.set_booted(&v1, BootKind::Normal);
+    engine.reconcile("sim")?;
+    Ok((engine, model, host))
+}
+
+/// A release stream the simulator understands (a model `zfs send` stream of a root with
+/// `/etc/version`): what `cairnd sim-release` writes for trying `cairnctl install`.
+pub fn sim_release_stream(model: &ZfsModel, version: &str) -> anyhow::Result<Vec<u8>> {
+    let vendor = PoolName::new("vendor")?;
+    if model.pool(&vendor).is_err() {
+        model.create_pool(&vendor, 1 << 30)?;
+    }
+    let ds = vendor.root().child("release")?;
+    if model
+        .get(&(&ds).into(), &[cairn_zfs::PropName::native("type")])
+        .is_err()
+    {
+        model.create(&ds, &CreateOptions::default())?;
+    }
+    model.write_file(&ds, "/etc/version", format!("{version}\n").as_bytes())?;
+    let snap = ds.snapshot(&format!(
+        "rel-{}",
+        cairn_engine::VersionId::from_version(version)?
+    ))?;
+    model.snapshot(std::slice::from_ref(&snap), &[])?;
+    let mut out = Vec::new();
+    model.send(&SendRequest::full(snap), &mut out)?;
+    Ok(out)
+}
