@@ -124,6 +124,8 @@ pub trait Job {
     fn result(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn error_name(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn error_message(&self) -> zbus::Result<String>;
     #[zbus(signal)]
     fn finished(&self, result: &str, error_name: &str, error_message: &str) -> zbus::Result<()>;
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod service;
+pub mod testbus;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use cairn_engine::{BootKind, Engine, Layout, MemBoot, SimHost};
 use cairn_zfs::model::ZfsModel;
 use cairn_zfs::{CreateOptions, PoolName, SendRequest, Zfs};
 
+pub use cairn_grub::menu::date;
 pub use service::{AuthPolicy, Shared, Updater};
 
 /// Serves the manager on `conn` (already connected to a bus) and claims the bus name.

@@ -567,8 +567,10 @@ async fn run_stage_job(
         // Result and error first: a client that sees the state change reads them next.
         j.result = result.clone();
         j.error_name = name.clone();
+        j.error_message = message.clone();
         let _ = j.result_changed(&emitter).await;
         let _ = j.error_name_changed(&emitter).await;
+        let _ = j.error_message_changed(&emitter).await;
         j.state = state.into();
         let _ = j.state_changed(&emitter).await;
     }
@@ -596,6 +598,7 @@ pub struct Job {
     state: String,
     result: String,
     error_name: String,
+    error_message: String,
     cancel: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
@@ -618,6 +621,7 @@ impl Job {
             state: "running".into(),
             result: String::new(),
             error_name: String::new(),
+            error_message: String::new(),
             cancel,
             shared,
         }
@@ -676,6 +680,12 @@ impl Job {
     #[zbus(property)]
     fn error_name(&self) -> String {
         self.error_name.clone()
+    }
+
+    /// What went wrong, for a person, when the job failed.
+    #[zbus(property)]
+    fn error_message(&self) -> String {
+        self.error_message.clone()
     }
 
     #[zbus(signal)]

@@ -4,73 +4,15 @@
 
 #![allow(clippy::disallowed_methods)] // the bus daemon and busctl are test fixtures
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use cairn_daemon::api::{JobProxy, UpdaterProxy};
+use cairn_daemon::testbus::{Bus, start_bus};
 use cairn_daemon::{AuthPolicy, Shared, serve, sim_engine, sim_release_stream};
 use futures_util::StreamExt;
-
-struct Bus {
-    child: Child,
-    address: String,
-    dir: PathBuf,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A private bus that, like the system bus, lets any local user connect.
-fn start_bus(name: &str) -> Bus {
-    let dir = std::env::temp_dir().join(format!("cairn-bus-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = dir.join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"#,
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dbus-daemon is needed: `cargo xtask host-deps` installs it");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Bus {
-        child,
-        address: line.trim().to_owned(),
-        dir,
-    }
-}
 
 async fn connect(bus: &Bus) -> zbus::Connection {
     zbus::connection::Builder::address(bus.address.as_str())
@@ -114,6 +56,15 @@ fn err_name(e: &zbus::Error) -> String {
     }
 }
 
+/// A proxy that reads properties fresh (a cached value may lag the call that changed it).
+async fn updater(c: &zbus::Connection) -> UpdaterProxy<'static> {
+    UpdaterProxy::builder(c)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn status(p: &UpdaterProxy<'_>) -> serde_json::Value {
     serde_json::from_str(&p.get_status().await.unwrap()).unwrap()
 }
@@ -124,13 +75,20 @@ async fn finish(
     conn: &zbus::Connection,
     path: &zbus::OwnedObjectPath,
 ) -> (String, String, String, Vec<String>) {
-    let job = JobProxy::builder(conn)
+    // Changes arrive through the caching proxy; values are read fresh from the other.
+    let watch = JobProxy::builder(conn)
         .path(path.clone())
         .build()
         .await
         .unwrap();
-    let mut stages = job.receive_stage_changed().await;
-    let mut finished = job.receive_finished().await.unwrap();
+    let job = JobProxy::builder(conn)
+        .path(path.clone())
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let mut stages = watch.receive_stage_changed().await;
+    let mut finished = watch.receive_finished().await.unwrap();
     let mut seen = Vec::new();
     loop {
         if job.state().await.unwrap() != "running" {
@@ -160,7 +118,7 @@ async fn finish(
 async fn read_calls_and_properties() {
     let bus = start_bus("read");
     let (_s, c, _) = served(&bus, admin()).await;
-    let p = UpdaterProxy::new(&c).await.unwrap();
+    let p = updater(&c).await;
     let st = status(&p).await;
     assert_eq!(st["schema"], "cairn/1");
     assert_eq!(st["kind"], "status");
@@ -185,10 +143,17 @@ async fn read_calls_and_properties() {
 async fn install_as_a_job_with_progress_in_order_then_activate_and_roll_back() {
     let bus = start_bus("job");
     let (_s, c, _) = served(&bus, admin()).await;
-    let p = UpdaterProxy::new(&c).await.unwrap();
-    let f = release_file(&bus.dir, "2.0");
+    let p = updater(&c).await;
+    // The stream arrives through a pipe a little later, so the watcher below is
+    // subscribed before the job gets past `receive`.
+    let (r, mut w) = std::io::pipe().unwrap();
+    let bytes = sim_release_stream(&cairn_zfs::model::ZfsModel::new(), "2.0").unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        w.write_all(&bytes).unwrap();
+    });
     let path = p
-        .stage_stream("2.0", zbus::Fd::from(&f), "", 4096)
+        .stage_stream("2.0", zbus::Fd::from(&r), "", 4096)
         .await
         .unwrap();
     assert_eq!(p.current_job().await.unwrap(), path);
@@ -254,7 +219,7 @@ async fn install_as_a_job_with_progress_in_order_then_activate_and_roll_back() {
 async fn named_errors() {
     let bus = start_bus("errors");
     let (_s, c, _) = served(&bus, admin()).await;
-    let p = UpdaterProxy::new(&c).await.unwrap();
+    let p = updater(&c).await;
     let e = |r: zbus::Result<()>| err_name(&r.unwrap_err());
     assert_eq!(
         e(p.activate("9.9", "permanent", 0, false).await),
@@ -319,7 +284,7 @@ async fn named_errors() {
 async fn one_mutating_job_at_a_time_and_cancel_undoes() {
     let bus = start_bus("busy");
     let (_s, c, shared) = served(&bus, admin()).await;
-    let p = UpdaterProxy::new(&c).await.unwrap();
+    let p = updater(&c).await;
     // A stream that arrives slowly: the job sits in `receive` until the pipe closes.
     let (r, mut w) = std::io::pipe().unwrap();
     let path = p
@@ -385,7 +350,7 @@ async fn every_mutating_method_refuses_a_caller_who_is_not_admin() {
         },
     )
     .await;
-    let p = UpdaterProxy::new(&c).await.unwrap();
+    let p = updater(&c).await;
     let denied = |e: zbus::Error| {
         assert_eq!(
             err_name(&e),
@@ -459,7 +424,7 @@ async fn a_real_non_root_caller_is_refused_and_may_read() {
 async fn introspection_matches_the_committed_xml() {
     let bus = start_bus("xml");
     let (_s, c, _) = served(&bus, admin()).await;
-    let p = UpdaterProxy::new(&c).await.unwrap();
+    let p = updater(&c).await;
     let (r, w) = std::io::pipe().unwrap();
     let job = p
         .stage_stream("2.0", zbus::Fd::from(&r), "", 1)
@@ -499,4 +464,89 @@ async fn introspection_matches_the_committed_xml() {
         );
     }
     drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cairnd_sim_binary_serves_a_simulated_appliance() {
+    let bus = start_bus("bin");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairnd"))
+        .args(["--sim", "--address", &bus.address])
+        .spawn()
+        .unwrap();
+    let c = zbus::connection::Builder::address(bus.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    let dbus = zbus::fdo::DBusProxy::new(&c).await.unwrap();
+    let name = zbus::names::BusName::try_from("org.cairn.Updater1").unwrap();
+    let mut up = false;
+    for _ in 0..600 {
+        if dbus.name_has_owner(name.clone()).await.unwrap() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "cairnd --sim did not claim its name");
+    let p = updater(&c).await;
+    assert_eq!(status(&p).await["data"]["booted"]["version"], "1.0");
+    // `cairnd sim-release` writes a stream the simulator installs.
+    let file = bus.dir.join("r2");
+    let st = Command::new(env!("CARGO_BIN_EXE_cairnd"))
+        .arg("sim-release")
+        .arg("2.0")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let f = std::fs::File::open(&file).unwrap();
+    let path = p
+        .stage_stream("2.0", zbus::Fd::from(&f), "", 1)
+        .await
+        .unwrap();
+    assert_eq!(finish(&c, &path).await.0, "done");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn bus_policy_and_units_are_well_formed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let conf =
+        std::fs::read_to_string(root.join("packaging/dbus/org.cairn.Updater1.conf")).unwrap();
+    assert!(conf.contains("<allow own=\"org.cairn.Updater1\"/>"));
+    // dbus-daemon itself parses the policy: a config that includes it must load.
+    let dir = std::env::temp_dir().join(format!("cairn-policy-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("d")).unwrap();
+    std::fs::copy(
+        root.join("packaging/dbus/org.cairn.Updater1.conf"),
+        dir.join("d/org.cairn.Updater1.conf"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bus.conf"),
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig><listen>unix:path={}/bus</listen><includedir>{}/d</includedir></busconfig>\n",
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}/bus.conf", dir.display()))
+        .args(["--print-address", "--fork", "--print-pid"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(pid) = text.lines().nth(1) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let unit = std::fs::read_to_string(root.join("systemd/cairnd.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("BusName=org.cairn.Updater1"));
 }

@@ -1,0 +1,599 @@
+//! `cairnctl`: the operator's command line. A thin D-Bus client of `cairnd`: every
+//! command is one call (or one job to follow), printed for people or as JSON.
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_daemon::api::{JobProxy, UpdaterProxy};
+use clap::{CommandFactory, Parser, Subcommand};
+use futures_util::StreamExt;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the operation failed (the message says why)
+  2  bad usage
+  3  not authorized (needs root or the cairn admin group)
+  4  busy: another operation is running
+  5  unknown version
+  6  cairnd could not be reached
+  7  cancelled";
+
+/// Operate cairn, the appliance update manager: versions, installs, trials, rollback.
+#[derive(Parser, Debug)]
+#[command(name = "cairnctl", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// D-Bus address of cairnd (default: the system bus).
+    #[arg(long, global = true, env = "CAIRN_BUS_ADDRESS")]
+    address: Option<String>,
+    /// Print JSON (schema "cairn/1") instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// What runs, what boots next, every version and its state.
+    Status,
+    /// Every installed version, newest first.
+    List,
+    /// One version in detail.
+    Show { id: String },
+    /// Install a version from a `zfs send` stream (a file, or - for stdin); it is staged
+    /// beside the running system and activated separately.
+    Install {
+        file: PathBuf,
+        /// The version the stream contains.
+        #[arg(long)]
+        version: String,
+        /// The stream is a delta from this installed version.
+        #[arg(long)]
+        base: Option<String>,
+    },
+    /// Make a version boot next: for good, for a trial, or once.
+    Activate {
+        id: String,
+        /// Try it on the next boots; it becomes the default only when its health checks pass.
+        #[arg(long = "try")]
+        trial: bool,
+        /// How many boots a trial gets before falling back (1-9).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=9))]
+        attempts: u8,
+        /// Boot it once for testing, without making it the default.
+        #[arg(long, conflicts_with = "trial")]
+        once: bool,
+        /// Activate even a version marked failed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Confirm the running trial (normally done by the health check).
+    Confirm {
+        #[arg(long, default_value = "")]
+        health: String,
+    },
+    /// Mark a version failed, with the reason.
+    MarkFailed {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Make an older version the default (STEPS back, default 1).
+    Rollback {
+        #[arg(default_value_t = 1)]
+        steps: u32,
+    },
+    /// Make the next newer kept version the default.
+    RollForward,
+    /// Keep a version whatever retention says.
+    Pin { id: String },
+    /// Let retention consider a version again.
+    Unpin { id: String },
+    /// Mount a version's root (or --config) read-only at PATH.
+    Mount {
+        id: String,
+        path: PathBuf,
+        #[arg(long)]
+        config: bool,
+    },
+    /// Unmount what `mount` mounted.
+    Unmount { path: PathBuf },
+    /// Files changed in TO since FROM was installed.
+    Diff { from: String, to: String },
+    /// The update journal: what was done, by whom, with what result.
+    Journal,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages into DIR.
+    Man { dir: PathBuf },
+}
+
+/// An error with the exit status it maps to.
+#[derive(Debug)]
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn fail(code: i32, message: String) -> anyhow::Error {
+    anyhow::Error::new(Failure { code, message })
+}
+
+fn classify(e: &anyhow::Error) -> Failure {
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return Failure {
+            code: f.code,
+            message: f.message.clone(),
+        };
+    }
+    let code = match e.downcast_ref::<zbus::Error>() {
+        Some(zbus::Error::MethodError(name, _, _)) => {
+            match name.as_str().rsplit('.').next().unwrap_or("") {
+                "NotAuthorized" => 3,
+                "Busy" => 4,
+                "UnknownVersion" => 5,
+                "Cancelled" => 7,
+                "ServiceUnknown" | "NoReply" | "NameHasNoOwner" => 6,
+                _ => 1,
+            }
+        }
+        Some(zbus::Error::InputOutput(_)) | Some(zbus::Error::Address(_)) => 6,
+        _ => 1,
+    };
+    let message = match e.downcast_ref::<zbus::Error>() {
+        Some(zbus::Error::MethodError(_, Some(msg), _)) => msg.clone(),
+        _ => format!("{e:#}"),
+    };
+    let hint = match code {
+        3 => " (run as root or as a member of the cairn admin group)",
+        4 => " (`cairnctl status` shows what is running)",
+        6 => " (is cairnd running? `systemctl status cairnd`)",
+        _ => "",
+    };
+    Failure {
+        code,
+        message: format!("{message}{hint}"),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        let f = classify(&e);
+        eprintln!("cairnctl: {}", f.message);
+        std::process::exit(f.code);
+    }
+}
+
+async fn connect(address: Option<&str>) -> anyhow::Result<zbus::Connection> {
+    let b = match address {
+        Some(a) => zbus::connection::Builder::address(a),
+        None => zbus::connection::Builder::system(),
+    };
+    b.build()
+        .await
+        .map_err(|e| fail(6, format!("cannot reach cairnd's bus: {e}")))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "cairnctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Command::Man { dir } => return write_man(dir),
+        _ => {}
+    }
+    let conn = connect(cli.address.as_deref()).await?;
+    let p = UpdaterProxy::new(&conn).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Status => print_status(&p.get_status().await?, json),
+        Command::List => print_versions(&p.list_versions().await?, json, None),
+        Command::Show { id } => print_versions(&p.list_versions().await?, json, Some(&id)),
+        Command::Install {
+            file,
+            version,
+            base,
+        } => install(&conn, &p, &file, &version, base.as_deref(), json).await,
+        Command::Activate {
+            id,
+            trial,
+            attempts,
+            once,
+            force,
+        } => {
+            let (mode, n) = match (trial, once) {
+                (true, _) => ("trial", attempts),
+                (false, true) => ("once", 0),
+                (false, false) => ("permanent", 0),
+            };
+            p.activate(&id, mode, n, force).await?;
+            done(
+                json,
+                "activated",
+                &id,
+                &match mode {
+                    "trial" => format!(
+                        "{id} will be tried on the next {n} boots; it becomes the default when its health checks pass"
+                    ),
+                    "once" => {
+                        format!("{id} boots once on the next boot; the default stays as it is")
+                    }
+                    _ => format!("{id} is the default from the next boot on"),
+                },
+            )
+        }
+        Command::Confirm { health } => {
+            let v = p.confirm(&health).await?;
+            done(
+                json,
+                "confirmed",
+                &v,
+                &format!("{v} is confirmed and is now the default"),
+            )
+        }
+        Command::MarkFailed { id, reason } => {
+            p.mark_failed(&id, &reason).await?;
+            done(
+                json,
+                "marked-failed",
+                &id,
+                &format!("{id} is marked failed: {reason}"),
+            )
+        }
+        Command::Rollback { steps } => {
+            let v = p.rollback(steps).await?;
+            done(
+                json,
+                "rolled-back",
+                &v,
+                &format!("{v} is the default from the next boot on"),
+            )
+        }
+        Command::RollForward => {
+            let v = p.roll_forward().await?;
+            done(
+                json,
+                "rolled-forward",
+                &v,
+                &format!("{v} is the default from the next boot on"),
+            )
+        }
+        Command::Pin { id } => {
+            p.pin(&id, true).await?;
+            done(
+                json,
+                "pinned",
+                &id,
+                &format!("{id} is pinned: retention keeps it"),
+            )
+        }
+        Command::Unpin { id } => {
+            p.pin(&id, false).await?;
+            done(json, "unpinned", &id, &format!("{id} is no longer pinned"))
+        }
+        Command::Mount { id, path, config } => {
+            let at = absolute(&path)?;
+            let m = p
+                .mount(&id, if config { "config" } else { "root" }, &at)
+                .await?;
+            done(
+                json,
+                "mounted",
+                &id,
+                &format!("{id} is mounted read-only at {m}; `cairnctl unmount {m}` when done"),
+            )
+        }
+        Command::Unmount { path } => {
+            let at = absolute(&path)?;
+            p.unmount(&at).await?;
+            done(json, "unmounted", &at, &format!("{at} unmounted"))
+        }
+        Command::Diff { from, to } => {
+            let text = p.diff(&from, &to).await?;
+            if json {
+                println!("{text}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                for e in v["data"].as_array().into_iter().flatten() {
+                    let change = match e["change"]["change"].as_str().unwrap_or("") {
+                        "added" => "+",
+                        "removed" => "-",
+                        "modified" => "M",
+                        _ => "R",
+                    };
+                    println!(
+                        "{change} {} {}",
+                        e["file_type"].as_str().unwrap_or("?"),
+                        e["path"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Journal => {
+            let text = p.get_journal().await?;
+            if json {
+                println!("{text}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                for e in v["data"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<14} {:<10} by {:<10} {}",
+                        e["at"],
+                        e["op"].as_str().unwrap_or(""),
+                        e["target"].as_str().unwrap_or(""),
+                        e["by"].as_str().unwrap_or(""),
+                        e["result"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+    }
+}
+
+fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    let abs = if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    Ok(abs.display().to_string())
+}
+
+fn done(json: bool, what: &str, target: &str, text: &str) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"schema": "cairn/1", "kind": "result", "data": {"done": what, "target": target}})
+        );
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn write_man(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+    std::fs::write(dir.join("cairnctl.1"), buf)?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("cairnctl-{}", sub.get_name());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(sub.clone().name(name.clone())).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+    }
+    Ok(())
+}
+
+async fn install(
+    conn: &zbus::Connection,
+    p: &UpdaterProxy<'_>,
+    file: &std::path::Path,
+    version: &str,
+    base: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (fd, size): (std::os::fd::OwnedFd, u64) = if file.as_os_str() == "-" {
+        (std::io::stdin().as_fd().try_clone_to_owned()?, 0)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let size = f.metadata()?.len();
+        (f.into(), size)
+    };
+    let path = p
+        .stage_stream(version, zbus::Fd::from(&fd), base.unwrap_or(""), size)
+        .await?;
+    drop(fd);
+    let job = JobProxy::builder(conn)
+        .path(path.clone())
+        // Read the job's state fresh, never from a cache a signal has not updated yet.
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let mut progress = job.receive_progress_changed().await;
+    let mut finished = job.receive_finished().await?;
+    let bar = if json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(100);
+        b.set_style(indicatif::ProgressStyle::with_template(
+            "{msg:>14} [{bar:40}] {pos:>3}%",
+        )?);
+        b
+    };
+    let mut last_message: Option<String> = None;
+    while job.state().await? == "running" {
+        tokio::select! {
+            Some(c) = progress.next() => {
+                bar.set_position(u64::from(c.get().await?));
+                bar.set_message(job.stage().await?);
+            }
+            Some(f) = finished.next() => {
+                last_message = f.args().ok().map(|a| a.error_message().to_string());
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let state = job.state().await?;
+    let result = job.result().await?;
+    let error = job.error_name().await?;
+    let message = match last_message {
+        Some(m) if !m.is_empty() => m,
+        _ => job.error_message().await?,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"schema": "cairn/1", "kind": "job", "data": {"job": path.as_str(), "state": state, "result": result, "error": error}})
+        );
+    }
+    match state.as_str() {
+        "done" => {
+            if !json {
+                println!(
+                    "installed {result}; `cairnctl activate --try {result}` tries it on the next boot"
+                );
+            }
+            Ok(())
+        }
+        _ => {
+            let code = match error.rsplit('.').next().unwrap_or("") {
+                "Cancelled" => 7,
+                "NotAuthorized" => 3,
+                "UnknownVersion" => 5,
+                _ => 1,
+            };
+            Err(fail(
+                code,
+                format!("install {state}: {}", job_message(&error, &message)),
+            ))
+        }
+    }
+}
+
+fn print_status(text: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    let d = &v["data"];
+    let booted = &d["booted"];
+    println!(
+        "running:   {} ({} boot)",
+        booted["version"].as_str().unwrap_or("unknown"),
+        booted["kind"].as_str().unwrap_or("?")
+    );
+    println!(
+        "default:   {}",
+        d["boot"]["default"].as_str().unwrap_or("none")
+    );
+    if let Some(t) = d["boot"]["trial"].as_str() {
+        println!(
+            "trial:     {t} ({} attempts left)",
+            d["boot"]["attempts_left"]
+        );
+    }
+    if let Some(j) = d["job"].as_str() {
+        println!("job:       {j}");
+    }
+    println!();
+    print_table(d["versions"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+    Ok(())
+}
+
+fn print_versions(text: &str, json: bool, only: Option<&str>) -> anyhow::Result<()> {
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    let all = v["data"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<serde_json::Value> = match only {
+        Some(id) => {
+            let one: Vec<_> = all.into_iter().filter(|r| r["id"] == id).collect();
+            if one.is_empty() {
+                return Err(fail(
+                    5,
+                    format!(
+                        "version '{id}' is not installed; `cairnctl list` shows the installed versions"
+                    ),
+                ));
+            }
+            one
+        }
+        None => all,
+    };
+    if json {
+        let kind = if only.is_some() {
+            "version"
+        } else {
+            "versions"
+        };
+        println!(
+            "{}",
+            serde_json::json!({"schema": "cairn/1", "kind": kind, "data": rows})
+        );
+    } else if only.is_some() {
+        println!("{}", serde_json::to_string_pretty(&rows[0])?);
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[serde_json::Value]) {
+    println!(
+        "{:<12} {:<12} {:<16} {:<11} {:>10}  NOTES",
+        "ID", "VERSION", "STATE", "CREATED", "SIZE"
+    );
+    for r in rows {
+        let mut notes = Vec::new();
+        if r["is_booted"] == true {
+            notes.push("running".to_string());
+        }
+        if r["pinned"] == true {
+            notes.push("pinned".into());
+        }
+        if let Some(f) = r["failed_reason"].as_str() {
+            notes.push(format!("failed: {f}"));
+        }
+        println!(
+            "{:<12} {:<12} {:<16} {:<11} {:>10}  {}",
+            r["id"].as_str().unwrap_or(""),
+            r["version"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            date(r["created"].as_u64().unwrap_or(0)),
+            human_bytes(r["used"].as_u64().unwrap_or(0)),
+            notes.join(", ")
+        );
+    }
+}
+
+fn date(epoch: u64) -> String {
+    cairn_daemon::date(epoch)
+}
+
+/// The job's error message, or its error name when the message was missed.
+fn job_message(name: &str, message: &str) -> String {
+    if message.is_empty() {
+        name.to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}

@@ -1,0 +1,197 @@
+//! cairnctl end to end: the real binary against cairnd's service (simulated appliance) on
+//! a private dbus-daemon. Checks what an operator sees, the JSON schema, and exit codes.
+
+#![allow(clippy::disallowed_methods)] // runs the binary under test and setpriv
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use cairn_daemon::testbus::{Bus, start_bus};
+use cairn_daemon::{AuthPolicy, Shared, serve, sim_engine, sim_release_stream};
+
+/// The service runs on its own runtime thread for the whole test.
+fn appliance(name: &str) -> (Bus, Arc<Shared>) {
+    let bus = start_bus(name);
+    let (engine, _m, _h) = sim_engine().unwrap();
+    let shared = Shared::new(
+        engine,
+        AuthPolicy {
+            admin_gid: None,
+            extra_uid: None,
+            root_is_admin: true,
+        },
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let address = bus.address.clone();
+    let s2 = shared.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let conn = zbus::connection::Builder::address(address.as_str())
+                .build()
+                .await
+                .unwrap();
+            serve(&conn, s2).await.unwrap();
+            tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap();
+    (bus, shared)
+}
+
+fn cairnctl(bus: &Bus, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg("--address")
+        .arg(&bus.address)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn operator_session_install_try_rollback() {
+    let (bus, _shared) = appliance("session");
+    let status = ok(&cairnctl(&bus, &["status"]));
+    assert!(status.contains("running:   1.0 (normal boot)"), "{status}");
+    assert!(
+        status.contains("1.0          1.0          active"),
+        "{status}"
+    );
+    let release = bus.dir.join("r2.stream");
+    let model = cairn_zfs::model::ZfsModel::new();
+    std::fs::write(&release, sim_release_stream(&model, "2.0").unwrap()).unwrap();
+    let out = ok(&cairnctl(
+        &bus,
+        &["install", "--version", "2.0", release.to_str().unwrap()],
+    ));
+    assert!(out.contains("installed 2.0"), "{out}");
+    let out = ok(&cairnctl(&bus, &["activate", "--try", "2.0"]));
+    assert_eq!(
+        code(&cairnctl(
+            &bus,
+            &["activate", "--try", "--attempts", "12", "2.0"]
+        )),
+        2
+    );
+    assert!(out.contains("tried on the next 2 boots"), "{out}");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["status", "--json"]))).unwrap();
+    assert_eq!(st["schema"], "cairn/1");
+    assert_eq!(st["data"]["boot"]["trial"], "2.0");
+    ok(&cairnctl(&bus, &["activate", "2.0"]));
+    let out = ok(&cairnctl(&bus, &["rollback"]));
+    assert!(out.contains("1.0 is the default"), "{out}");
+    ok(&cairnctl(&bus, &["roll-forward"]));
+    ok(&cairnctl(&bus, &["pin", "1.0"]));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["list", "--json"]))).unwrap();
+    assert_eq!(list["kind"], "versions");
+    assert_eq!(list["data"][1]["pinned"], true);
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["show", "2.0", "--json"]))).unwrap();
+    assert_eq!(show["data"][0]["state"], "active");
+    let journal = ok(&cairnctl(&bus, &["journal"]));
+    assert!(
+        journal.contains("upgrade") && journal.contains("by uid:0"),
+        "{journal}"
+    );
+    // Install from stdin too.
+    let model = cairn_zfs::model::ZfsModel::new();
+    let stream = sim_release_stream(&model, "3.0").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg("--address")
+        .arg(&bus.address)
+        .args(["install", "--json", "--version", "3.0", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let job: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(job["data"]["state"], "done");
+    assert_eq!(job["data"]["result"], "3.0");
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let (bus, _shared) = appliance("codes");
+    let out = cairnctl(&bus, &["activate", "9.9"]);
+    assert_eq!(code(&out), 5);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("version '9.9' is not installed"));
+    assert_eq!(code(&cairnctl(&bus, &["show", "9.9"])), 5);
+    assert_eq!(code(&cairnctl(&bus, &["confirm"])), 1);
+    assert_eq!(code(&cairnctl(&bus, &["frobnicate"])), 2);
+    let release = bus.dir.join("old.stream");
+    let model = cairn_zfs::model::ZfsModel::new();
+    std::fs::write(&release, sim_release_stream(&model, "0.5").unwrap()).unwrap();
+    let out = cairnctl(
+        &bus,
+        &["install", "--version", "0.5", release.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("downgrade"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["--address", "unix:path=/nonexistent/bus", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&unreachable), 6);
+    // A real non-root user is refused with exit status 3, and may still read.
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_cairnctl"))
+            .arg("--address")
+            .arg(&bus.address)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = nobody(&["rollback"]);
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cairn admin group"));
+    ok(&nobody(&["status"]));
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("cairnctl"));
+    let dir = std::env::temp_dir().join(format!("cairnctl-man-{}", std::process::id()));
+    ok(&Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg("man")
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let page = std::fs::read_to_string(dir.join("cairnctl.1")).unwrap();
+    assert!(
+        page.contains(".TH cairnctl") && page.contains("Exit status"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
+    assert!(dir.join("cairnctl-install.1").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
