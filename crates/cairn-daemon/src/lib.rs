@@ -32,6 +32,12 @@ pub fn sim_engine() -> anyhow::Result<(Arc<Engine>, Arc<ZfsModel>, Arc<SimHost>)
     model.create_pool(&pool, 8 << 30)?;
     let boot = Arc::new(MemBoot::new());
     let host = Arc::new(SimHost::new(model.clone(), boot.clone()));
+    // The simulator runs on the real clock, so dates in `cairnctl status` make sense.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    host.advance(now.saturating_sub(cairn_engine::Host::now(host.as_ref())));
     let engine = Arc::new(Engine::new(
         model.clone(),
         boot,

@@ -50,6 +50,12 @@ pub trait Host: Send + Sync {
     fn journal_read(&self) -> Result<Vec<String>, EngineError>;
     /// A directory for temporary mounts.
     fn work_dir(&self) -> PathBuf;
+    /// Lets `writer` fill a fresh (empty) dataset through a directory.
+    fn populate(
+        &self,
+        dataset: &DatasetName,
+        writer: &mut crate::TreeWriter<'_>,
+    ) -> Result<(), EngineError>;
     /// Runs a program inside a version's root (chroot), with its config mounted.
     fn run_in_root(&self, run: &RootRun<'_>) -> Result<Result<(), HookFailure>, EngineError>;
 }
@@ -159,6 +165,51 @@ impl Host for SimHost {
 
     fn work_dir(&self) -> PathBuf {
         PathBuf::from("/sim/work")
+    }
+
+    /// The writer fills a real temporary directory; its regular files go into the model.
+    fn populate(
+        &self,
+        dataset: &DatasetName,
+        writer: &mut crate::TreeWriter<'_>,
+    ) -> Result<(), EngineError> {
+        let dir = std::env::temp_dir().join(format!(
+            "cairn-sim-tree-{}-{}",
+            std::process::id(),
+            dataset.basename()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| EngineError::Io { what, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("creating a tree directory"))?;
+        let result = writer(&dir).map_err(io("writing the tree")).and_then(|()| {
+            let mut stack = vec![dir.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).map_err(io("reading the tree"))? {
+                    let e = e.map_err(io("reading the tree"))?;
+                    let ft = e.file_type().map_err(io("reading the tree"))?;
+                    if ft.is_dir() {
+                        stack.push(e.path());
+                    } else if ft.is_file() {
+                        let rel = e
+                            .path()
+                            .strip_prefix(&dir)
+                            .expect("below dir")
+                            .display()
+                            .to_string();
+                        let bytes = std::fs::read(e.path()).map_err(io("reading the tree"))?;
+                        self.model
+                            .write_file(dataset, &rel, &bytes)
+                            .map_err(EngineError::Zfs)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        result
     }
 
     fn run_in_root(&self, run: &RootRun<'_>) -> Result<Result<(), HookFailure>, EngineError> {
@@ -279,6 +330,31 @@ impl Host for RealHost {
 
     fn work_dir(&self) -> PathBuf {
         self.work.clone()
+    }
+
+    fn populate(
+        &self,
+        dataset: &DatasetName,
+        writer: &mut crate::TreeWriter<'_>,
+    ) -> Result<(), EngineError> {
+        let mnt = self.work.join(format!("tree-{}", dataset.basename()));
+        let _ = std::fs::create_dir_all(&mnt);
+        self.zfs.mount(
+            &dataset.into(),
+            &MountOptions {
+                at: Some(mnt.clone()),
+                read_only: false,
+            },
+        )?;
+        let result = writer(&mnt).map_err(Self::io(format!(
+            "writing the new root into {}",
+            mnt.display()
+        )));
+        // Durable before it is snapshotted: the files, then the unmount.
+        let unmounted = self.zfs.unmount(&mnt);
+        result?;
+        unmounted?;
+        Ok(())
     }
 
     fn run_in_root(&self, run: &RootRun<'_>) -> Result<Result<(), HookFailure>, EngineError> {

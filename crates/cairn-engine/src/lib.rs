@@ -109,11 +109,21 @@ pub enum Payload<'a> {
         base: VersionId,
         stream: &'a mut dyn Read,
     },
+    /// A file tree written into a fresh dataset by `writer` (e.g. a `rootfs.tar.zst`
+    /// unpacked by the bundle reader), then snapshotted as `@installed`.
+    Tree(&'a mut TreeWriter<'a>),
 }
+
+/// Writes a root file tree into the directory it is given.
+pub type TreeWriter<'a> = dyn FnMut(&Path) -> std::io::Result<()> + Send + 'a;
+
+/// The snapshot a tree payload's root gets once written: its pristine state.
+pub const INSTALLED_SNAPSHOT: &str = "installed";
 
 impl std::fmt::Debug for Payload<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Tree(_) => f.write_str("Tree"),
             Self::FullStream(_) => f.write_str("FullStream"),
             Self::IncrementalStream { base, .. } => write!(f, "IncrementalStream from {base}"),
         }
@@ -970,6 +980,19 @@ impl Engine {
             Payload::IncrementalStream { base, stream } => {
                 rr.origin = Some(self.pristine(&base)?);
                 self.zfs.receive(&rr, stream)?;
+            }
+            Payload::Tree(writer) => {
+                let root = self.layout.root(id);
+                self.zfs.create(
+                    &root,
+                    &CreateOptions {
+                        parents: false,
+                        props: rr.props.clone(),
+                    },
+                )?;
+                self.host.populate(&root, writer)?;
+                let snap = root.snapshot(INSTALLED_SNAPSHOT).map_err(ZfsError::from)?;
+                self.zfs.snapshot(std::slice::from_ref(&snap), &[])?;
             }
         }
         op.step("clone-config")?;

@@ -115,6 +115,10 @@ pub const CASES: &[(&str, Case)] = &[
         cancel_stops_staging_and_undoes_it,
     ),
     ("pin_and_unpin", pin_and_unpin),
+    (
+        "stage_tree_into_a_fresh_dataset",
+        stage_tree_into_a_fresh_dataset,
+    ),
 ];
 
 const BY: &str = "test";
@@ -1041,6 +1045,63 @@ fn cancel_stops_staging_and_undoes_it(w: &mut dyn World) {
     );
     assert_eq!(names(w), before, "cancel undid everything");
     stage(w, "2.0", &full, &[]).unwrap();
+}
+
+fn stage_tree_into_a_fresh_dataset(w: &mut dyn World) {
+    let _vendor = provisioned(w);
+    let mut writer = |dir: &std::path::Path| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("usr/lib/app"))?;
+        std::fs::write(dir.join("usr/lib/app/version"), "2.0-tree\n")
+    };
+    let v2 = w
+        .engine()
+        .stage(
+            StageRequest {
+                version: "2.0".into(),
+                payload: Payload::Tree(&mut writer),
+                size_hint: 1024,
+                migrations: vec![],
+                migration_timeout: Duration::from_secs(5),
+                bundle: None,
+                allow_downgrade: false,
+            },
+            BY,
+        )
+        .unwrap();
+    assert_eq!(
+        read_root(w, &v2, "/usr/lib/app/version").as_deref(),
+        Some(&b"2.0-tree\n"[..])
+    );
+    let pristine = w.engine().pristine(&v2).unwrap();
+    assert_eq!(pristine.snap(), crate::INSTALLED_SNAPSHOT);
+    assert_eq!(
+        w.engine().version(&v2).unwrap().origin,
+        None,
+        "a fresh dataset, not a clone"
+    );
+    // A writer that fails leaves nothing behind.
+    let before = names(w);
+    let mut broken = |_: &std::path::Path| -> std::io::Result<()> {
+        Err(std::io::Error::other("corrupt archive"))
+    };
+    let r = w.engine().stage(
+        StageRequest {
+            version: "3.0".into(),
+            payload: Payload::Tree(&mut broken),
+            size_hint: 1024,
+            migrations: vec![],
+            migration_timeout: Duration::from_secs(5),
+            bundle: None,
+            allow_downgrade: false,
+        },
+        BY,
+    );
+    kind(
+        r,
+        |e| matches!(e, EngineError::Io { .. }),
+        "failing tree writer",
+    );
+    assert_eq!(names(w), before);
 }
 
 fn pin_and_unpin(w: &mut dyn World) {
