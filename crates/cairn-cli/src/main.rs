@@ -1,6 +1,8 @@
 //! `cairnctl`: the operator's command line. A thin D-Bus client of `cairnd`: every
 //! command is one call (or one job to follow), printed for people or as JSON.
 
+mod health;
+
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -105,6 +107,19 @@ enum Command {
     Diff { from: String, to: String },
     /// The update journal: what was done, by whom, with what result.
     Journal,
+    /// On a trial boot: run the health checks, then confirm the trial or mark it failed
+    /// and reboot into the default. Run by cairn-health.service before boot-complete.target.
+    HealthCheck {
+        /// Vendor checks: executables in DIR/required (must pass) and DIR/wanted (warn).
+        #[arg(long, default_value = "/usr/lib/cairn/health.d")]
+        checks_dir: PathBuf,
+        /// Seconds each check may take.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// What to run to reboot after a failed check.
+        #[arg(long, default_value = "/usr/bin/systemctl reboot")]
+        reboot_cmd: String,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Write man pages into DIR.
@@ -126,7 +141,7 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-fn fail(code: i32, message: String) -> anyhow::Error {
+pub(crate) fn fail(code: i32, message: String) -> anyhow::Error {
     anyhow::Error::new(Failure { code, message })
 }
 
@@ -348,6 +363,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::HealthCheck {
+            checks_dir,
+            timeout,
+            reboot_cmd,
+        } => health::run(&p, &checks_dir, timeout, &reboot_cmd, json).await,
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
 }

@@ -7,12 +7,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use cairn_daemon::testbus::{Bus, start_bus};
-use cairn_daemon::{AuthPolicy, Shared, serve, sim_engine, sim_release_stream};
+use cairn_daemon::{AuthPolicy, Shared, serve, serve_sim, sim_engine, sim_release_stream};
 
 /// The service runs on its own runtime thread for the whole test.
 fn appliance(name: &str) -> (Bus, Arc<Shared>) {
     let bus = start_bus(name);
-    let (engine, _m, _h) = sim_engine().unwrap();
+    let (engine, _m, host) = sim_engine().unwrap();
     let shared = Shared::new(
         engine,
         AuthPolicy {
@@ -31,6 +31,7 @@ fn appliance(name: &str) -> (Bus, Arc<Shared>) {
                 .build()
                 .await
                 .unwrap();
+            serve_sim(&conn, s2.clone(), host).await.unwrap();
             serve(&conn, s2).await.unwrap();
             tx.send(()).unwrap();
             std::future::pending::<()>().await;
@@ -194,4 +195,148 @@ fn completions_and_man_pages() {
     );
     assert!(dir.join("cairnctl-install.1").exists());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Reboots the simulated appliance; returns (version, kind).
+fn reboot(bus: &Bus) -> (String, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = zbus::connection::Builder::address(bus.address.as_str())
+            .build()
+            .await
+            .unwrap();
+        cairn_daemon::api::SimulatorProxy::new(&c)
+            .await
+            .unwrap()
+            .reboot()
+            .await
+            .unwrap()
+    })
+}
+
+fn install(bus: &Bus, version: &str) {
+    let release = bus.dir.join(format!("r{version}.stream"));
+    let model = cairn_zfs::model::ZfsModel::new();
+    std::fs::write(&release, sim_release_stream(&model, version).unwrap()).unwrap();
+    ok(&cairnctl(
+        bus,
+        &["install", "--version", version, release.to_str().unwrap()],
+    ));
+}
+
+fn check(dir: &std::path::Path, kind: &str, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join(kind)).unwrap();
+    let p = dir.join(kind).join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn health_check_confirms_a_good_trial_and_fails_a_bad_one() {
+    let (bus, _shared) = appliance("health");
+    // Not a trial boot: nothing to do.
+    assert!(
+        ok(&cairnctl(
+            &bus,
+            &["health-check", "--checks-dir", "/nonexistent"]
+        ))
+        .contains("not booted as a trial")
+    );
+    install(&bus, "2.0");
+    ok(&cairnctl(&bus, &["activate", "--try", "2.0"]));
+    assert_eq!(reboot(&bus), ("2.0".into(), "trial".into()));
+    let good = bus.dir.join("good");
+    check(&good, "required", "10-app-answers", "exit 0");
+    check(
+        &good,
+        "wanted",
+        "50-slow-disk",
+        "echo disk is slow >&2; exit 1",
+    );
+    let out = ok(&cairnctl(
+        &bus,
+        &["health-check", "--checks-dir", good.to_str().unwrap()],
+    ));
+    assert!(out.contains("2.0 passed its health checks"), "{out}");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["status", "--json"]))).unwrap();
+    assert_eq!(st["data"]["versions"][0]["state"], "active");
+    assert!(
+        st["data"]["versions"][0]["health"]
+            .as_str()
+            .unwrap()
+            .contains(" passed, ")
+    );
+    assert_eq!(st["data"]["versions"][1]["state"], "last-known-good");
+
+    install(&bus, "3.0");
+    ok(&cairnctl(&bus, &["activate", "--try", "3.0"]));
+    assert_eq!(reboot(&bus), ("3.0".into(), "trial".into()));
+    let bad = bus.dir.join("bad");
+    check(
+        &bad,
+        "required",
+        "10-app-answers",
+        "echo app does not answer >&2; exit 3",
+    );
+    let marker = bus.dir.join("rebooted");
+    let out = cairnctl(
+        &bus,
+        &[
+            "health-check",
+            "--checks-dir",
+            bad.to_str().unwrap(),
+            "--reboot-cmd",
+            &format!("/usr/bin/touch {}", marker.display()),
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("app does not answer"));
+    assert!(marker.exists(), "the reboot command ran");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["status", "--json"]))).unwrap();
+    let v3 = &st["data"]["versions"][0];
+    assert_eq!(v3["state"], "failed");
+    assert!(
+        v3["failed_reason"]
+            .as_str()
+            .unwrap()
+            .contains("app does not answer")
+    );
+    assert_eq!(
+        reboot(&bus),
+        ("2.0".into(), "normal".into()),
+        "back on the default"
+    );
+    let status = ok(&cairnctl(&bus, &["status"]));
+    assert!(status.contains("failed: health check failed"), "{status}");
+}
+
+#[test]
+fn a_trial_that_never_confirms_falls_back_and_is_reported() {
+    let (bus, _shared) = appliance("fallback");
+    install(&bus, "2.0");
+    ok(&cairnctl(
+        &bus,
+        &["activate", "--try", "--attempts", "2", "2.0"],
+    ));
+    let boots: Vec<_> = (0..3).map(|_| reboot(&bus)).collect();
+    assert_eq!(
+        boots,
+        [
+            ("2.0".into(), "trial".into()),
+            ("2.0".into(), "trial".into()),
+            ("1.0".into(), "fallback".into())
+        ]
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["status", "--json"]))).unwrap();
+    assert_eq!(st["data"]["versions"][0]["state"], "failed");
+    assert!(
+        st["data"]["versions"][0]["failed_reason"]
+            .as_str()
+            .unwrap()
+            .contains("attempts ran out")
+    );
 }

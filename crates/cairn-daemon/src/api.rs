@@ -129,3 +129,13 @@ pub trait Job {
     #[zbus(signal)]
     fn finished(&self, result: &str, error_name: &str, error_message: &str) -> zbus::Result<()>;
 }
+
+/// The simulator's control object (`cairnd --sim` only).
+#[zbus::proxy(
+    interface = "org.cairn.Simulator1",
+    default_service = "org.cairn.Updater1",
+    default_path = "/org/cairn/Simulator1"
+)]
+pub trait Simulator {
+    fn reboot(&self) -> zbus::Result<(String, String)>;
+}

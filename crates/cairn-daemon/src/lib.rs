@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod service;
+pub mod sim;
 pub mod testbus;
 
 use std::sync::Arc;
@@ -21,6 +22,26 @@ pub async fn serve(conn: &zbus::Connection, shared: Arc<Shared>) -> zbus::Result
         .at(api::MANAGER_PATH, Updater::new(shared))
         .await?;
     conn.request_name(api::BUS_NAME).await?;
+    Ok(())
+}
+
+/// Serves the simulator's control object beside the manager (`cairnd --sim`).
+pub async fn serve_sim(
+    conn: &zbus::Connection,
+    shared: Arc<Shared>,
+    host: Arc<SimHost>,
+) -> zbus::Result<()> {
+    let baked = cairn_engine::VersionId::new("1.0").expect("valid");
+    conn.object_server()
+        .at(
+            sim::SIM_PATH,
+            sim::Simulator {
+                shared,
+                host,
+                baked,
+            },
+        )
+        .await?;
     Ok(())
 }
 

@@ -1,9 +1,7 @@
 //! `cairnd`: sets up logging and the runtime, builds the engine, serves it on the bus.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use cairn_daemon::{AuthPolicy, Shared, serve, sim_engine, sim_release_stream};
+use cairn_daemon::{AuthPolicy, Shared, serve, serve_sim, sim_engine, sim_release_stream};
 use clap::{Parser, Subcommand};
 
 /// cairn's update service on the system bus (org.cairn.Updater1).
@@ -72,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
             "only the simulator is served so far (`cairnd --sim`); the real engine on the system bus comes with the packaging issue"
         );
     }
-    let (engine, _model, _host) = sim_engine()?;
+    let (engine, _model, host) = sim_engine()?;
     let own_uid = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .ok();
@@ -87,10 +85,12 @@ async fn main() -> anyhow::Result<()> {
         None => zbus::connection::Builder::session(),
     };
     let conn = builder.build().await.context("connecting to the bus")?;
-    serve(&conn, shared.clone())
+    serve_sim(&conn, shared.clone(), host)
+        .await
+        .context("serving the simulator")?;
+    serve(&conn, shared)
         .await
         .context("claiming org.cairn.Updater1")?;
-    let _ = Arc::strong_count(&shared);
     tracing::info!(sim = args.sim, "cairnd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tokio::signal::ctrl_c().await?;
