@@ -25,6 +25,61 @@ pub async fn serve(conn: &zbus::Connection, shared: Arc<Shared>) -> zbus::Result
     Ok(())
 }
 
+/// Where the real daemon finds its pieces (`/etc/cairn/layout.yaml` and the boot
+/// partition).
+#[derive(Debug, Clone)]
+pub struct RealConfig {
+    pub layout: std::path::PathBuf,
+    pub grubenv: std::path::PathBuf,
+    pub grub_dir: std::path::PathBuf,
+    pub env_label: String,
+    pub product: String,
+    pub cmdline: String,
+    pub work: std::path::PathBuf,
+}
+
+/// The engine on the real machine: `zfs`/`zpool`, the GRUB environment block, the kernel
+/// command line; after every change the GRUB menu is regenerated.
+pub fn real_engine(cfg: &RealConfig) -> anyhow::Result<(Arc<Engine>, service::AfterChange)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(&cfg.layout)
+        .with_context(|| format!("reading {}", cfg.layout.display()))?;
+    let layout =
+        Layout::from_yaml(&text).with_context(|| format!("in {}", cfg.layout.display()))?;
+    let zfs: Arc<dyn Zfs> = Arc::new(cairn_zfs::cli::ZfsCli::new()?);
+    std::fs::create_dir_all(&cfg.work)
+        .with_context(|| format!("creating {}", cfg.work.display()))?;
+    let host = Arc::new(cairn_engine::RealHost::new(
+        zfs.clone(),
+        &layout.journal_mountpoint,
+        &cfg.work,
+        std::path::Path::new("/proc/cmdline"),
+    ));
+    let boot = Arc::new(cairn_grub::GrubBoot::new(&cfg.grubenv));
+    let engine = Arc::new(Engine::new(zfs, boot, host, layout));
+    let c = cfg.clone();
+    let after: service::AfterChange = Arc::new(move |e: &Engine| {
+        let menu = (|| -> anyhow::Result<()> {
+            let versions = e.versions()?;
+            let state = e.boot().read()?;
+            let model = cairn_grub::menu_model(
+                &c.product,
+                e.layout(),
+                &versions,
+                &state,
+                &c.env_label,
+                &c.cmdline,
+            );
+            cairn_grub::write_menu(&c.grub_dir, &model)?;
+            Ok(())
+        })();
+        if let Err(err) = menu {
+            tracing::error!(error = %err, "the GRUB menu was not regenerated; the previous one stays");
+        }
+    });
+    Ok((engine, after))
+}
+
 /// Serves the simulator's control object beside the manager (`cairnd --sim`).
 pub async fn serve_sim(
     conn: &zbus::Connection,

@@ -1,7 +1,9 @@
 //! `cairnd`: sets up logging and the runtime, builds the engine, serves it on the bus.
 
 use anyhow::Context;
-use cairn_daemon::{AuthPolicy, Shared, serve, serve_sim, sim_engine, sim_release_stream};
+use cairn_daemon::{
+    AuthPolicy, RealConfig, Shared, real_engine, serve, serve_sim, sim_engine, sim_release_stream,
+};
 use clap::{Parser, Subcommand};
 
 /// cairn's update service on the system bus (org.cairn.Updater1).
@@ -17,6 +19,24 @@ struct Args {
     /// Members of this group may call mutating methods besides root.
     #[arg(long, default_value = "cairn-admin")]
     admin_group: String,
+    /// The appliance layout.
+    #[arg(long, default_value = "/etc/cairn/layout.yaml")]
+    layout: std::path::PathBuf,
+    /// The GRUB environment block holding the boot state (on the non-ZFS boot partition).
+    #[arg(long, default_value = "/boot/cairn/grubenv")]
+    grubenv: std::path::PathBuf,
+    /// Where the generated GRUB menu goes (GRUB's prefix).
+    #[arg(long, default_value = "/boot/cairn/grub")]
+    grub_dir: std::path::PathBuf,
+    /// Filesystem label of the boot partition, for GRUB's search.
+    #[arg(long, default_value = "CAIRNBOOT")]
+    env_label: String,
+    /// Product name in the boot menu.
+    #[arg(long, default_value = "Appliance")]
+    product: String,
+    /// Extra kernel arguments for every menu entry.
+    #[arg(long, default_value = "")]
+    cmdline: String,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -65,29 +85,54 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
         return Ok(());
     }
-    if !args.sim {
-        anyhow::bail!(
-            "only the simulator is served so far (`cairnd --sim`); the real engine on the system bus comes with the packaging issue"
-        );
-    }
-    let (engine, _model, host) = sim_engine()?;
     let own_uid = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .ok();
-    let policy = AuthPolicy {
-        admin_gid: gid_of(&args.admin_group),
-        extra_uid: own_uid,
-        root_is_admin: true,
+    let admin_gid = gid_of(&args.admin_group);
+    let (shared, sim_host) = if args.sim {
+        let (engine, _model, host) = sim_engine()?;
+        let policy = AuthPolicy {
+            admin_gid,
+            extra_uid: own_uid,
+            root_is_admin: true,
+        };
+        (Shared::new(engine, policy), Some(host))
+    } else {
+        let cfg = RealConfig {
+            layout: args.layout.clone(),
+            grubenv: args.grubenv.clone(),
+            grub_dir: args.grub_dir.clone(),
+            env_label: args.env_label.clone(),
+            product: args.product.clone(),
+            cmdline: args.cmdline.clone(),
+            work: std::path::PathBuf::from("/run/cairn"),
+        };
+        let (engine, after) = real_engine(&cfg)?;
+        // Finish or undo what a crash interrupted, and record this boot, before serving.
+        let e = engine.clone();
+        let report = tokio::task::spawn_blocking(move || e.reconcile("cairnd")).await??;
+        for a in &report.actions {
+            tracing::warn!(action = %a, "reconcile");
+        }
+        after(&engine);
+        let policy = AuthPolicy {
+            admin_gid,
+            extra_uid: None,
+            root_is_admin: true,
+        };
+        (Shared::new(engine, policy).with_after_change(after), None)
     };
-    let shared = Shared::new(engine, policy);
-    let builder = match &args.address {
-        Some(a) => zbus::connection::Builder::address(a.as_str()),
-        None => zbus::connection::Builder::session(),
+    let builder = match (&args.address, args.sim) {
+        (Some(a), _) => zbus::connection::Builder::address(a.as_str()),
+        (None, true) => zbus::connection::Builder::session(),
+        (None, false) => zbus::connection::Builder::system(),
     };
     let conn = builder.build().await.context("connecting to the bus")?;
-    serve_sim(&conn, shared.clone(), host)
-        .await
-        .context("serving the simulator")?;
+    if let Some(host) = sim_host {
+        serve_sim(&conn, shared.clone(), host)
+            .await
+            .context("serving the simulator")?;
+    }
     serve(&conn, shared)
         .await
         .context("claiming org.cairn.Updater1")?;

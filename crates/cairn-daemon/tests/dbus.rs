@@ -550,3 +550,25 @@ fn bus_policy_and_units_are_well_formed() {
     let unit = std::fs::read_to_string(root.join("systemd/cairnd.service")).unwrap();
     assert!(unit.contains("Type=notify") && unit.contains("BusName=org.cairn.Updater1"));
 }
+
+#[test]
+fn real_mode_says_what_is_missing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnd"))
+        .args(["--layout", "/nonexistent/layout.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reading /nonexistent/layout.yaml"), "{err}");
+    let dir = std::env::temp_dir().join(format!("cairnd-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bad.yaml"), "pool: rpool\nbogus: 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnd"))
+        .arg("--layout")
+        .arg(dir.join("bad.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `bogus`"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
