@@ -14,6 +14,7 @@
 pub mod boot;
 pub mod host;
 mod layout;
+pub mod retention;
 pub mod suite;
 mod version;
 
@@ -195,6 +196,7 @@ pub mod steps {
     pub const ACTIVATE: &[&str] = &["boot", "bootfs", "lkg"];
     pub const CONFIRM: &[&str] = &["boot", "lkg", "bootfs", "mark"];
     pub const MARK_FAILED: &[&str] = &["mark", "boot"];
+    pub const CLEANUP: &[&str] = &["expiries", "remove"];
 
     /// The steps of an operation by its journal name.
     pub fn of(op: &str) -> &'static [&'static str] {
@@ -204,6 +206,7 @@ pub mod steps {
             "activate" => ACTIVATE,
             "confirm" => CONFIRM,
             "mark-failed" => MARK_FAILED,
+            "cleanup" => CLEANUP,
             _ => &[],
         }
     }
@@ -229,6 +232,15 @@ impl std::fmt::Debug for Engine {
             .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
+}
+
+/// What `cleanup` planned and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cleanup {
+    pub plan: retention::Plan,
+    /// Per destroy step: what ZFS reported it reclaimed.
+    pub freed: Vec<(String, u64)>,
+    pub dry_run: bool,
 }
 
 /// What `reconcile` did.
@@ -636,6 +648,7 @@ impl Engine {
             "cairn:failed-reason",
             "used",
             "origin",
+            "cairn:expires",
         ];
         let props: Vec<PropName> = want
             .iter()
@@ -716,6 +729,7 @@ impl Engine {
                 is_last_known_good: is_lkg,
                 used: e.num("used").unwrap_or(0) + configs.get(id.as_str()).copied().unwrap_or(0),
                 origin: e.prop("origin").map(str::to_owned),
+                expires: e.num("cairn:expires"),
                 id,
             });
         }
@@ -1407,6 +1421,176 @@ impl Engine {
     }
 
     // -----------------------------------------------------------------------------------
+    // retention
+
+    /// What the retention planner looks at, read from the pool in three `zfs list` calls.
+    pub fn inventory(&self) -> Result<retention::Inventory> {
+        let versions = self.versions()?;
+        let props: Vec<PropName> = ["used", "origin", "createtxg"]
+            .iter()
+            .map(|p| PropName::native(p))
+            .collect();
+        let mut ds: BTreeMap<String, retention::DsFacts> = BTreeMap::new();
+        for container in [self.layout.root_container(), self.layout.config_container()] {
+            for e in self.zfs.list(&ListRequest {
+                roots: vec![container],
+                depth: Some(1),
+                props: props.clone(),
+                ..Default::default()
+            })? {
+                let name = e.name.to_string();
+                ds.insert(
+                    name.clone(),
+                    retention::DsFacts {
+                        name,
+                        used: e.num("used").unwrap_or(0),
+                        origin: e.prop("origin").map(str::to_owned),
+                        createtxg: e.num("createtxg").unwrap_or(0),
+                    },
+                );
+            }
+        }
+        let snap_props: Vec<PropName> =
+            ["createtxg", "used", "userrefs", "clones", "cairn:managed"]
+                .iter()
+                .map(|p| PropName::new(*p).expect("valid"))
+                .collect();
+        let snapshots = self
+            .zfs
+            .list(&ListRequest {
+                roots: vec![self.layout.base().clone()],
+                recursive: true,
+                types: vec![DatasetType::Snapshot],
+                props: snap_props,
+                ..Default::default()
+            })?
+            .into_iter()
+            .map(|e| retention::SnapFacts {
+                name: e.name.to_string(),
+                dataset: e.name.dataset().to_string(),
+                createtxg: e.num("createtxg").unwrap_or(0),
+                used: e.num("used").unwrap_or(0),
+                holds: e.num("userrefs").unwrap_or(0) as u32,
+                clones: e
+                    .prop("clones")
+                    .map(|c| {
+                        c.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                managed: e.prop("cairn:managed") == Some(layout::MANAGED),
+            })
+            .collect();
+        let pool = self.zfs.pool(&self.layout.pool)?;
+        Ok(retention::Inventory {
+            versions: versions
+                .iter()
+                .map(|v| retention::VersionFacts {
+                    id: v.id.clone(),
+                    created: v.created,
+                    last_booted: v.last_booted,
+                    expires: v.expires,
+                    pinned: v.pinned,
+                    managed: true,
+                    booted: v.is_booted,
+                    default: v.is_default,
+                    trial: v.is_trial,
+                    last_known_good: v.is_last_known_good,
+                    factory: v.stored == Stored::Factory,
+                    datasets: [self.layout.root(&v.id), self.layout.config(&v.id)]
+                        .iter()
+                        .filter_map(|d| ds.get(d.as_str()).cloned())
+                        .collect(),
+                })
+                .collect(),
+            snapshots,
+            data: self.layout.data_datasets().map(|d| d.to_string()).collect(),
+            pool_size: pool.size,
+            pool_free: pool.free,
+        })
+    }
+
+    /// Plans retention and, unless `dry_run`, carries the plan out: expiry dates first,
+    /// then the steps in order. Returns the plan and, per destroy, what ZFS reclaimed.
+    pub fn cleanup(&self, policy: &retention::Policy, dry_run: bool, by: &str) -> Result<Cleanup> {
+        self.require_init()?;
+        let plan = retention::plan(&self.inventory()?, policy, self.host.now());
+        let mut freed = Vec::new();
+        if dry_run {
+            return Ok(Cleanup {
+                plan,
+                freed,
+                dry_run,
+            });
+        }
+        let mut op = self.begin("cleanup", self.layout.pool.as_str(), "-", by);
+        op.step("expiries")?;
+        for e in &plan.expiries {
+            let root: ObjectName = self.layout.root(&e.id).into();
+            match e.expires {
+                Some(at) => self.zfs.set(&root, &[(props::expires(), at.to_string())])?,
+                None => self.zfs.inherit(&root, &props::expires())?,
+            }
+        }
+        if !plan.notices.is_empty() {
+            let list: Vec<String> = plan
+                .notices
+                .iter()
+                .map(|(id, at)| format!("{id} at {at}"))
+                .collect();
+            tracing::warn!(versions = %list.join(", "), "versions expiring after their grace period");
+            self.journal(
+                "expiry-notice",
+                by,
+                &list.join(","),
+                vec!["notice".into()],
+                "pending",
+            )?;
+        }
+        op.step("remove")?;
+        for step in &plan.steps {
+            match step {
+                retention::Step::Promote { dataset, .. } => {
+                    self.zfs
+                        .promote(&DatasetName::new(dataset.as_str()).map_err(ZfsError::from)?)?;
+                }
+                retention::Step::Destroy { target, .. } => {
+                    let t = ObjectName::parse(target).map_err(ZfsError::from)?;
+                    if let ObjectName::Dataset(d) = &t
+                        && !self.is_managed(d)?
+                    {
+                        return Err(EngineError::Foreign {
+                            name: d.to_string(),
+                        });
+                    }
+                    let recursive = matches!(t, ObjectName::Dataset(_));
+                    let r = self.zfs.destroy(
+                        &t,
+                        DestroyOptions {
+                            recursive,
+                            dry_run: false,
+                        },
+                    )?;
+                    freed.push((target.clone(), r.reclaim));
+                }
+            }
+        }
+        let result = format!(
+            "removed {} versions, {} steps",
+            plan.remove.len(),
+            plan.steps.len()
+        );
+        op.finish(&result)?;
+        Ok(Cleanup {
+            plan,
+            freed,
+            dry_run,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------
     // adoption and reconcile
 
     /// Versions the journal never recorded (restored from a replica, say): checked and
@@ -1475,7 +1659,7 @@ impl Engine {
     }
 
     fn resume(&self, rec: &OpRecord, by: &str, report: &mut ReconcileReport) -> Result<()> {
-        let id = VersionId::new(&rec.target)?;
+        let id = VersionId::new(&rec.target).or_else(|_| VersionId::new("unknown"))?;
         match rec.op.as_str() {
             "upgrade" | "packages" => {
                 let state = self
@@ -1527,6 +1711,21 @@ impl Engine {
                 self.mark_failed_steps(&mut op, &id, &reason)?;
                 op.finish("failed (finished by reconcile)")?;
                 report.actions.push(format!("finished marking {id} failed"));
+            }
+            "cleanup" => {
+                // Each step of a cleanup is one atomic zfs call; the next run plans again
+                // from what is there.
+                self.set_op(None)?;
+                self.journal(
+                    "cleanup",
+                    by,
+                    &rec.target,
+                    vec!["reconcile".into()],
+                    "interrupted; the next run plans again",
+                )?;
+                report
+                    .actions
+                    .push("cleanup was interrupted; the next run plans again".into());
             }
             other => {
                 tracing::warn!(op = other, "unknown operation record; clearing it");

@@ -119,6 +119,14 @@ pub const CASES: &[(&str, Case)] = &[
         "stage_tree_into_a_fresh_dataset",
         stage_tree_into_a_fresh_dataset,
     ),
+    (
+        "retention_over_generated_histories",
+        retention_over_generated_histories,
+    ),
+    (
+        "cleanup_dry_run_changes_nothing_and_protects",
+        cleanup_dry_run_changes_nothing_and_protects,
+    ),
 ];
 
 const BY: &str = "test";
@@ -1102,6 +1110,245 @@ fn stage_tree_into_a_fresh_dataset(w: &mut dyn World) {
         "failing tree writer",
     );
     assert_eq!(names(w), before);
+}
+
+/// A small deterministic generator for histories.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Builds a history: full and package-staged versions (clones of clones through the
+/// config lineage and package staging), activations with reboots, pins, and cleanups
+/// in between. Returns the number of versions staged.
+pub fn generate_history(w: &mut dyn World, seed: u64, ops: usize) -> usize {
+    let mut vendor = provisioned(w);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut n = 1;
+    // Every root can run the "package manager": 1.0's, and every later release's.
+    let upgrade = HookAction::WriteRoot {
+        file: "/usr/lib/app/pkg",
+        text: "upgraded",
+    };
+    let r1 = w.engine().layout().root(&id("1.0"));
+    w.hook(&r1, "/usr/bin/upgrade", upgrade.clone());
+    w.hook(&vendor.ds, "/usr/bin/upgrade", upgrade);
+    for _ in 0..ops {
+        match rng.next(6) {
+            0 | 1 => {
+                n += 1;
+                let v = format!("{n}.0");
+                let (full, _) = vendor.release(w, &v, &[("/usr/lib/app/version", "x")]);
+                stage(w, &v, &full, &[]).expect("stage");
+            }
+            2 => {
+                n += 1;
+                let v = format!("{n}.0");
+                w.engine()
+                    .stage_packages(
+                        &v,
+                        &["/usr/bin/upgrade".to_string()],
+                        Duration::from_secs(20),
+                        &[],
+                        BY,
+                    )
+                    .expect("package staging");
+            }
+            3 => {
+                let vs: Vec<_> = w
+                    .engine()
+                    .versions()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|v| v.stored != Stored::Failed)
+                    .collect();
+                let pick = &vs[rng.next(vs.len() as u64) as usize];
+                w.engine()
+                    .activate(&pick.id, Activation::Permanent, false, BY)
+                    .expect("activate");
+                w.reboot();
+                w.restart();
+                w.engine().reconcile(BY).expect("reconcile");
+            }
+            4 => {
+                let vs = w.engine().versions().unwrap();
+                let pick = &vs[rng.next(vs.len() as u64) as usize];
+                w.engine().pin(&pick.id, !pick.pinned, BY).expect("pin");
+            }
+            _ => {
+                let policy = crate::retention::Policy {
+                    keep_min: 1 + rng.next(3) as usize,
+                    keep_max: 3 + rng.next(4) as usize,
+                    expire_after_days: 0,
+                    expire_never_booted_days: 0,
+                    free_space_percent: 0,
+                    grace_days: 0,
+                    data_snapshots_keep: 1 + rng.next(2) as usize,
+                };
+                check_cleanup(w, &policy);
+            }
+        }
+    }
+    n
+}
+
+/// Plans, checks the plan's properties, executes it, checks the outcome.
+pub fn check_cleanup(w: &mut dyn World, policy: &crate::retention::Policy) -> crate::Cleanup {
+    use crate::retention::{Step, protection};
+    let inv = w.engine().inventory().unwrap();
+    let protected: Vec<&crate::retention::VersionFacts> = inv
+        .versions
+        .iter()
+        .filter(|v| protection(v).is_some())
+        .collect();
+    let protected_ds: Vec<String> = protected
+        .iter()
+        .flat_map(|v| v.datasets.iter().map(|d| d.name.clone()))
+        .collect();
+    let before_names = names(w);
+    let dry = w.engine().cleanup(policy, true, BY).unwrap();
+    assert_eq!(names(w), before_names, "a dry run changes nothing");
+    for id in &dry.plan.remove {
+        assert!(
+            protected.iter().all(|p| &p.id != id),
+            "protected {id} planned: {:?}",
+            dry.plan
+        );
+    }
+    for s in &dry.plan.steps {
+        if let Step::Destroy { target, .. } = s {
+            let ds = target.split('@').next().unwrap();
+            assert!(
+                !protected_ds.iter().any(|p| p == ds),
+                "destroys protected {target}"
+            );
+        }
+    }
+    let free_before = w.h().zfs().pool(w.h().pool()).unwrap().free;
+    let done = w
+        .engine()
+        .cleanup(policy, false, BY)
+        .unwrap_or_else(|e| panic!("plan not executable: {e}\n{:?}", dry.plan));
+    assert_eq!(done.plan, dry.plan, "the dry run is what was executed");
+    let after = w.engine().versions().unwrap();
+    for p in &protected {
+        assert!(
+            after.iter().any(|v| v.id == p.id),
+            "protected {} survived",
+            p.id
+        );
+    }
+    let kept = after.len();
+    assert!(
+        kept >= policy.keep_min.min(inv.versions.len()),
+        "keep_min {} but {kept} left",
+        policy.keep_min
+    );
+    for id in &done.plan.remove {
+        assert!(after.iter().all(|v| &v.id != id), "{id} was removed");
+    }
+    w.h().zfs().sync(w.h().pool()).unwrap();
+    let freed: u64 = done.freed.iter().map(|(_, b)| b).sum();
+    let free_after = w.h().zfs().pool(w.h().pool()).unwrap().free;
+    if !done.freed.is_empty() {
+        assert!(
+            free_after > free_before || freed == 0,
+            "space came back: {free_before} -> {free_after}, reported {freed}"
+        );
+    }
+    // Every version left still boots: its root and config exist.
+    for v in &after {
+        let l = w.engine().layout();
+        assert!(
+            w.h()
+                .zfs()
+                .get(&l.root(&v.id).into(), &[PropName::native("type")])
+                .is_ok()
+        );
+        assert!(
+            w.h()
+                .zfs()
+                .get(&l.config(&v.id).into(), &[PropName::native("type")])
+                .is_ok()
+        );
+    }
+    data_intact(w);
+    done
+}
+
+fn retention_over_generated_histories(w: &mut dyn World) {
+    let staged = generate_history(w, 7, 14);
+    assert!(staged >= 3, "the history has versions to retire");
+    let policy = crate::retention::Policy {
+        keep_min: 1,
+        keep_max: 2,
+        expire_after_days: 0,
+        expire_never_booted_days: 0,
+        free_space_percent: 0,
+        grace_days: 0,
+        data_snapshots_keep: 1,
+    };
+    check_cleanup(w, &policy);
+}
+
+fn cleanup_dry_run_changes_nothing_and_protects(w: &mut dyn World) {
+    let mut vendor = provisioned(w);
+    for v in ["2.0", "3.0", "4.0"] {
+        let (full, _) = vendor.release(w, v, &[]);
+        stage(w, v, &full, &[]).unwrap();
+    }
+    w.engine().pin(&id("2.0"), true, BY).unwrap();
+    let policy = crate::retention::Policy {
+        grace_days: 7,
+        expire_never_booted_days: 0,
+        keep_min: 1,
+        ..Default::default()
+    };
+    let before = names(w);
+    let first = w.engine().cleanup(&policy, false, BY).unwrap();
+    assert!(first.plan.steps.is_empty(), "grace first: {:?}", first.plan);
+    let expiring: Vec<_> = w
+        .engine()
+        .versions()
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.expires.is_some())
+        .map(|v| v.id.to_string())
+        .collect();
+    // Never booted and older than the default? No: they are newer than 1.0, the default.
+    assert!(expiring.is_empty(), "{expiring:?}");
+    assert_eq!(names(w), before);
+    // More than keep_max: the oldest unprotected ones expire, after grace.
+    let tight = crate::retention::Policy {
+        keep_max: 3,
+        grace_days: 0,
+        ..policy.clone()
+    };
+    let dry = w.engine().cleanup(&tight, true, BY).unwrap();
+    assert_eq!(names(w), before, "dry run");
+    let ids: Vec<_> = dry.plan.expiries.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(
+        ids,
+        ["3.0"],
+        "1.0 is running, 2.0 pinned; 3.0 is the oldest other one"
+    );
+    let done = w.engine().cleanup(&tight, false, BY).unwrap();
+    assert_eq!(done.plan.remove, [id("3.0")]);
+    assert!(done.freed.iter().any(|(t, _)| t.ends_with("ROOT/3.0")));
+    let left: Vec<_> = w
+        .engine()
+        .versions()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id.to_string())
+        .collect();
+    assert_eq!(left, ["4.0", "2.0", "1.0"]);
 }
 
 fn pin_and_unpin(w: &mut dyn World) {

@@ -68,6 +68,8 @@ pub struct Version {
     pub used: u64,
     /// The root's origin snapshot, if it is a clone.
     pub origin: Option<String>,
+    /// When retention removes it (seconds since the epoch), if it is expiring.
+    pub expires: Option<u64>,
 }
 
 /// Compares version strings the way people read them: numeric runs as numbers
