@@ -101,6 +101,11 @@ enum Command {
         #[arg(long)]
         config: bool,
     },
+    /// Remove expired versions as the retention policy says; --dry-run shows the plan.
+    Cleanup {
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Unmount what `mount` mounted.
     Unmount { path: PathBuf },
     /// Files changed in TO since FROM was installed.
@@ -316,6 +321,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &id,
                 &format!("{id} is mounted read-only at {m}; `cairnctl unmount {m}` when done"),
             )
+        }
+        Command::Cleanup { dry_run } => {
+            let text = p.cleanup(dry_run).await?;
+            if json {
+                println!("{text}");
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let plan = &v["data"]["plan"];
+            let steps = plan["steps"].as_array().cloned().unwrap_or_default();
+            let verb = if dry_run { "would" } else { "did" };
+            for n in plan["notices"].as_array().into_iter().flatten() {
+                println!(
+                    "expiring: {} on {}",
+                    n[0].as_str().unwrap_or(""),
+                    cairn_daemon::date(n[1].as_u64().unwrap_or(0))
+                );
+            }
+            if steps.is_empty() {
+                println!("nothing to remove");
+            }
+            for s in &steps {
+                match s["action"].as_str() {
+                    Some("promote") => println!(
+                        "{verb} promote {} ({})",
+                        s["dataset"].as_str().unwrap_or(""),
+                        s["reason"].as_str().unwrap_or("")
+                    ),
+                    _ => println!(
+                        "{verb} destroy {} ({}, frees about {})",
+                        s["target"].as_str().unwrap_or(""),
+                        s["reason"].as_str().unwrap_or(""),
+                        human_bytes(s["frees"].as_u64().unwrap_or(0))
+                    ),
+                }
+            }
+            if dry_run && !steps.is_empty() {
+                println!("run `cairnctl cleanup` to do it");
+            }
+            Ok(())
         }
         Command::Unmount { path } => {
             let at = absolute(&path)?;

@@ -340,3 +340,16 @@ fn a_trial_that_never_confirms_falls_back_and_is_reported() {
             .contains("attempts ran out")
     );
 }
+
+#[test]
+fn cleanup_dry_run_then_for_real() {
+    let (bus, _shared) = appliance("cleanup");
+    let out = ok(&cairnctl(&bus, &["cleanup", "--dry-run"]));
+    assert!(out.contains("nothing to remove"), "{out}");
+    let out = ok(&cairnctl(&bus, &["cleanup"]));
+    assert!(out.contains("nothing to remove"), "{out}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["cleanup", "--dry-run", "--json"]))).unwrap();
+    assert_eq!(plan["kind"], "cleanup");
+    assert_eq!(plan["data"]["dry_run"], true);
+}

@@ -97,6 +97,9 @@ pub trait Updater {
     fn pin(&self, id: &str, pinned: bool) -> zbus::Result<()>;
     fn mount(&self, id: &str, part: &str, at: &str) -> zbus::Result<String>;
     fn unmount(&self, at: &str) -> zbus::Result<()>;
+    fn cleanup(&self, dry_run: bool) -> zbus::Result<String>;
+    #[zbus(signal)]
+    fn expiry_notice(&self, id: &str, at: u64) -> zbus::Result<()>;
     #[zbus(property)]
     fn default_version(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -37,6 +37,9 @@ struct Args {
     /// Extra kernel arguments for every menu entry.
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// The retention policy (defaults apply when the file is missing).
+    #[arg(long, default_value = "/etc/cairn/retention.yaml")]
+    retention: std::path::PathBuf,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -89,6 +92,11 @@ async fn main() -> anyhow::Result<()> {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .ok();
     let admin_gid = gid_of(&args.admin_group);
+    let retention = match std::fs::read_to_string(&args.retention) {
+        Ok(text) => cairn_engine::retention::Policy::from_yaml(&text)
+            .with_context(|| format!("in {}", args.retention.display()))?,
+        Err(_) => cairn_engine::retention::Policy::default(),
+    };
     let (shared, sim_host) = if args.sim {
         let (engine, _model, host) = sim_engine()?;
         let policy = AuthPolicy {
@@ -122,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         };
         (Shared::new(engine, policy).with_after_change(after), None)
     };
+    let shared = shared.with_retention(retention);
     let builder = match (&args.address, args.sim) {
         (Some(a), _) => zbus::connection::Builder::address(a.as_str()),
         (None, true) => zbus::connection::Builder::session(),

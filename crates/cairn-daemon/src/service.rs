@@ -30,6 +30,8 @@ pub type AfterChange = Arc<dyn Fn(&Engine) + Send + Sync>;
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub policy: AuthPolicy,
+    /// The retention policy (`/etc/cairn/retention.yaml`).
+    pub retention: cairn_engine::retention::Policy,
     /// The operation holding the single mutating slot.
     busy: Mutex<Option<String>>,
     next_job: AtomicU64,
@@ -51,10 +53,17 @@ impl Shared {
         Arc::new(Self {
             engine,
             policy,
+            retention: cairn_engine::retention::Policy::default(),
             busy: Mutex::new(None),
             next_job: AtomicU64::new(1),
             after_change: None,
         })
+    }
+
+    pub fn with_retention(self: Arc<Self>, p: cairn_engine::retention::Policy) -> Arc<Self> {
+        let mut s = Arc::into_inner(self).expect("configure before serving");
+        s.retention = p;
+        Arc::new(s)
     }
 
     pub fn with_after_change(self: Arc<Self>, f: AfterChange) -> Arc<Self> {
@@ -381,6 +390,36 @@ impl Updater {
         })
         .await
     }
+
+    /// Runs retention: the plan as JSON; with `dry_run` nothing changes. Versions in
+    /// their grace period are announced with `ExpiryNotice`.
+    async fn cleanup(
+        &self,
+        dry_run: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<String, Error> {
+        let policy = self.shared.retention.clone();
+        let done = if dry_run {
+            // A dry run changes nothing, so anyone may look.
+            blocking(&self.shared, move |e| e.cleanup(&policy, true, "dry-run")).await?
+        } else {
+            self.mutate(&hdr, conn, &emitter, "clean up", move |e, by| {
+                e.cleanup(&policy, false, by)
+            })
+            .await?
+        };
+        for (id, at) in &done.plan.notices {
+            let _ = Self::expiry_notice(&emitter, id.as_str(), *at).await;
+        }
+        Ok(json("cleanup", &done))
+    }
+
+    /// A version will be removed by retention at `at` (seconds since the epoch) unless it
+    /// is booted or pinned before then.
+    #[zbus(signal)]
+    async fn expiry_notice(emitter: &SignalEmitter<'_>, id: &str, at: u64) -> zbus::Result<()>;
 
     /// Mounts a version's `root` or `config` read-only at `at`.
     async fn mount(

@@ -372,6 +372,9 @@ async fn every_mutating_method_refuses_a_caller_who_is_not_admin() {
     denied(p.pin("1.0", true).await.unwrap_err());
     denied(p.mount("1.0", "root", "/tmp/x").await.unwrap_err());
     denied(p.unmount("/tmp/x").await.unwrap_err());
+    denied(p.cleanup(false).await.unwrap_err());
+    // A dry run changes nothing, so anyone may look.
+    p.cleanup(true).await.unwrap();
     // Read-only calls stay open to everyone.
     p.get_status().await.unwrap();
     p.list_versions().await.unwrap();
@@ -571,4 +574,103 @@ fn real_mode_says_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `bogus`"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_plans_announces_and_removes() {
+    let bus = start_bus("cleanup");
+    let (engine, _model, _host) = sim_engine().unwrap();
+    let policy = cairn_engine::retention::Policy {
+        keep_min: 1,
+        keep_max: 2,
+        grace_days: 0,
+        ..Default::default()
+    };
+    let shared = Shared::new(engine, admin()).with_retention(policy);
+    let server = connect(&bus).await;
+    serve(&server, shared.clone()).await.unwrap();
+    let c = connect(&bus).await;
+    let p = updater(&c).await;
+    for v in ["2.0", "3.0"] {
+        let f = release_file(&bus.dir, v);
+        let path = p.stage_stream(v, zbus::Fd::from(&f), "", 1).await.unwrap();
+        assert_eq!(finish(&c, &path).await.0, "done");
+    }
+    let dry: serde_json::Value = serde_json::from_str(&p.cleanup(true).await.unwrap()).unwrap();
+    assert_eq!(dry["kind"], "cleanup");
+    assert_eq!(dry["data"]["dry_run"], true);
+    assert_eq!(dry["data"]["plan"]["remove"], serde_json::json!(["2.0"]));
+    assert_eq!(
+        shared.engine.versions().unwrap().len(),
+        3,
+        "dry run removed nothing"
+    );
+    let done: serde_json::Value = serde_json::from_str(&p.cleanup(false).await.unwrap()).unwrap();
+    assert_eq!(
+        done["data"]["plan"], dry["data"]["plan"],
+        "the dry run is what ran"
+    );
+    let ids: Vec<String> = shared
+        .engine
+        .versions()
+        .unwrap()
+        .iter()
+        .map(|v| v.id.to_string())
+        .collect();
+    assert_eq!(ids, ["3.0", "1.0"]);
+    let freed = done["data"]["freed"].as_array().unwrap();
+    assert!(
+        freed
+            .iter()
+            .any(|f| f[0].as_str().unwrap().ends_with("ROOT/2.0"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_announces_expiry_during_grace() {
+    let bus = start_bus("grace");
+    let (engine, _model, _host) = sim_engine().unwrap();
+    let policy = cairn_engine::retention::Policy {
+        keep_min: 1,
+        keep_max: 2,
+        grace_days: 7,
+        ..Default::default()
+    };
+    let shared = Shared::new(engine, admin()).with_retention(policy);
+    let server = connect(&bus).await;
+    serve(&server, shared.clone()).await.unwrap();
+    let c = connect(&bus).await;
+    let p = updater(&c).await;
+    for v in ["2.0", "3.0"] {
+        let f = release_file(&bus.dir, v);
+        let path = p.stage_stream(v, zbus::Fd::from(&f), "", 1).await.unwrap();
+        assert_eq!(finish(&c, &path).await.0, "done");
+    }
+    let mut notices = p.receive_expiry_notice().await.unwrap();
+    let done: serde_json::Value = serde_json::from_str(&p.cleanup(false).await.unwrap()).unwrap();
+    assert_eq!(
+        done["data"]["plan"]["remove"],
+        serde_json::json!([]),
+        "grace first"
+    );
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), notices.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let args = n.args().unwrap();
+    assert_eq!(args.id(), &"2.0");
+    let st = status(&p).await;
+    let v2 = st["data"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "2.0")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        v2["expires"].as_u64(),
+        Some(*args.at()),
+        "status shows the date"
+    );
+    assert_eq!(shared.engine.versions().unwrap().len(), 3);
 }
