@@ -1,0 +1,330 @@
+//! `cairn`: the vendor-side tool. `cairn bundle build|sign|verify|inspect|manifest`.
+
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use cairn_bundle::{
+    Acceptance, BundleReader, Manifest, PayloadEntry, PayloadKind, digest_file, public_key, sign,
+    write_bundle,
+};
+use clap::{Parser, Subcommand};
+
+/// cairn's vendor-side tooling: build, sign, verify and inspect update bundles.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    /// Update bundles.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCmd {
+    /// Build a bundle from a manifest template and payloads, optionally signing it.
+    Build {
+        /// Manifest fields (product, version, hardware, min_from, migrations,
+        /// health_checks, allow_devices); `payloads` is filled in.
+        #[arg(long)]
+        template: PathBuf,
+        /// Root as a directory (packed as rootfs.tar.zst) or a .tar.zst file.
+        #[arg(long, conflicts_with_all = ["zfs_full", "zfs_incremental"])]
+        root: Option<PathBuf>,
+        /// Root as a full `zfs send` stream file.
+        #[arg(long)]
+        zfs_full: Option<PathBuf>,
+        /// Root as an incremental `zfs send` stream file from release BASE: BASE=FILE.
+        #[arg(long)]
+        zfs_incremental: Option<String>,
+        /// Default configuration directory (packed as config.tar.zst).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// minisign secret key to sign with (`minisign -G`); unsigned without it.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// File with the secret key's password, for encrypted keys.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Sign (or re-sign) a bundle: with a secret key, or by embedding a signature made
+    /// by the `minisign` tool over `cairn bundle manifest` output.
+    Sign {
+        bundle: PathBuf,
+        #[arg(long, conflicts_with = "signature")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print the manifest bytes exactly as signed.
+    Manifest { bundle: PathBuf },
+    /// Verify signature, compatibility and every payload digest.
+    Verify {
+        bundle: PathBuf,
+        /// Vendor public key files (minisign `.pub`).
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        #[arg(long)]
+        product: String,
+        #[arg(long)]
+        hardware: String,
+        /// The version the appliance runs, for ordering checks.
+        #[arg(long)]
+        running: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what a bundle contains (no key needed).
+    Inspect {
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open(path: &PathBuf) -> anyhow::Result<BundleReader<BufReader<std::fs::File>>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(BundleReader::open(BufReader::new(f))?)
+}
+
+fn password(p: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    p.as_ref()
+        .map(|f| std::fs::read_to_string(f).map(|s| s.trim_end_matches('\n').to_owned()))
+        .transpose()
+        .context("reading the password file")
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("cairn: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Top::Bundle(cmd) = cli.command;
+    match cmd {
+        BundleCmd::Build {
+            template,
+            root,
+            zfs_full,
+            zfs_incremental,
+            config,
+            key,
+            password_file,
+            output,
+        } => {
+            let text = std::fs::read_to_string(&template)
+                .with_context(|| format!("reading {}", template.display()))?;
+            let work = std::env::temp_dir().join(format!("cairn-build-{}", std::process::id()));
+            std::fs::create_dir_all(&work)?;
+            let mut files: Vec<(String, PathBuf, PayloadKind, Option<String>)> = Vec::new();
+            let packed = |dir: &PathBuf, name: &str| -> anyhow::Result<PathBuf> {
+                let out = work.join(name);
+                cairn_bundle::tarsafe::pack_dir(dir, std::fs::File::create(&out)?)?;
+                Ok(out)
+            };
+            match (root, zfs_full, zfs_incremental) {
+                (Some(r), _, _) if r.is_dir() => files.push((
+                    "root".into(),
+                    packed(&r, "rootfs.tar.zst")?,
+                    PayloadKind::RootfsTarZst,
+                    None,
+                )),
+                (Some(r), _, _) => files.push(("root".into(), r, PayloadKind::RootfsTarZst, None)),
+                (None, Some(f), _) => files.push(("root".into(), f, PayloadKind::ZfsFull, None)),
+                (None, None, Some(spec)) => {
+                    let (base, f) = spec
+                        .split_once('=')
+                        .context("--zfs-incremental takes BASE=FILE")?;
+                    files.push((
+                        "root".into(),
+                        PathBuf::from(f),
+                        PayloadKind::ZfsIncremental,
+                        Some(base.to_owned()),
+                    ));
+                }
+                (None, None, None) => {
+                    bail!("give the root: --root, --zfs-full or --zfs-incremental")
+                }
+            }
+            if let Some(c) = config {
+                files.push((
+                    "config".into(),
+                    packed(&c, "config.tar.zst")?,
+                    PayloadKind::ConfigTarZst,
+                    None,
+                ));
+            }
+            // The template is a manifest without payloads.
+            let mut m: Manifest = {
+                let with_payloads = format!("{}\npayloads: []\n", text.trim_end());
+                Manifest::parse(with_payloads.as_bytes())?
+            };
+            for (name, path, kind, base) in &files {
+                let (sha256, size) = digest_file(path)?;
+                m.payloads.push(PayloadEntry {
+                    name: name.clone(),
+                    kind: *kind,
+                    size,
+                    sha256,
+                    base: base.clone(),
+                });
+            }
+            let manifest = m.to_yaml();
+            Manifest::parse(manifest.as_bytes())
+                .context("the generated manifest does not read back")?;
+            let signature = match key {
+                Some(k) => Some(sign(
+                    manifest.as_bytes(),
+                    &std::fs::read_to_string(&k)?,
+                    password(&password_file)?,
+                )?),
+                None => None,
+            };
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&output)?);
+            let payloads: Vec<_> = files
+                .iter()
+                .map(|(n, p, _, _)| (n.clone(), p.clone()))
+                .collect();
+            write_bundle(
+                &mut out,
+                manifest.as_bytes(),
+                signature.as_deref(),
+                &payloads,
+            )?;
+            out.flush()?;
+            let _ = std::fs::remove_dir_all(&work);
+            println!(
+                "{} {} -> {}{}",
+                m.product,
+                m.version,
+                output.display(),
+                if signature.is_some() {
+                    " (signed)"
+                } else {
+                    " (unsigned)"
+                }
+            );
+            Ok(())
+        }
+        BundleCmd::Sign {
+            bundle,
+            key,
+            password_file,
+            signature,
+            output,
+        } => {
+            let mut r = open(&bundle)?;
+            let sig = match (key, signature) {
+                (Some(k), _) => sign(
+                    &r.manifest_bytes,
+                    &std::fs::read_to_string(&k)?,
+                    password(&password_file)?,
+                )?,
+                (None, Some(s)) => std::fs::read_to_string(&s)?,
+                (None, None) => bail!("give --key or --signature"),
+            };
+            // Re-emit with the payloads copied through (each checked on the way).
+            let work = std::env::temp_dir().join(format!("cairn-sign-{}", std::process::id()));
+            std::fs::create_dir_all(&work)?;
+            let manifest = r.manifest_bytes.clone();
+            let mut payloads = Vec::new();
+            while let Some((entry, mut pr)) = r.next_payload()? {
+                let p = work.join(&entry.name);
+                std::io::copy(&mut pr, &mut std::fs::File::create(&p)?)
+                    .map_err(|e| cairn_bundle::unwrap_payload_error(e, &entry.name))?;
+                payloads.push((entry.name, p));
+            }
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&output)?);
+            write_bundle(&mut out, &manifest, Some(&sig), &payloads)?;
+            out.flush()?;
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(())
+        }
+        BundleCmd::Manifest { bundle } => {
+            let r = open(&bundle)?;
+            std::io::stdout().write_all(&r.manifest_bytes)?;
+            Ok(())
+        }
+        BundleCmd::Verify {
+            bundle,
+            pubkeys,
+            product,
+            hardware,
+            running,
+            force,
+        } => {
+            let keys = pubkeys
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|t| Ok(public_key(&t)?))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut r = open(&bundle)?;
+            r.verify(&Acceptance {
+                keys,
+                product,
+                hardware,
+                running,
+                allow_downgrade: force,
+                max_payload: u64::MAX,
+            })?;
+            let seen = r.check_payloads()?;
+            println!(
+                "{} {}: signature good, {} payloads verified",
+                r.manifest.product,
+                r.manifest.version,
+                seen.len()
+            );
+            Ok(())
+        }
+        BundleCmd::Inspect { bundle, json } => {
+            let r = open(&bundle)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"schema": "cairn/1", "kind": "bundle", "data": {"manifest": r.manifest, "signed": r.signature.is_some()}})
+                );
+            } else {
+                let m = &r.manifest;
+                println!(
+                    "product:  {}\nversion:  {}\nhardware: {}",
+                    m.product,
+                    m.version,
+                    m.hardware.join(", ")
+                );
+                if let Some(min) = &m.min_from {
+                    println!("upgrades from: {min} or later");
+                }
+                println!(
+                    "signed:   {}",
+                    if r.signature.is_some() { "yes" } else { "no" }
+                );
+                for p in &m.payloads {
+                    println!(
+                        "payload:  {} ({:?}, {} bytes, sha256 {})",
+                        p.name, p.kind, p.size, p.sha256
+                    );
+                }
+                for h in &m.migrations {
+                    println!("migration: {h}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
