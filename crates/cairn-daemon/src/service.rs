@@ -539,6 +539,7 @@ async fn run_stage_job(
                 migration_timeout: Duration::from_secs(300),
                 bundle: None,
                 allow_downgrade: false,
+                defaults: None,
             },
             &format!("uid:{uid}"),
         );

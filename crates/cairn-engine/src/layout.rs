@@ -191,6 +191,13 @@ impl Layout {
     pub fn data_container(&self) -> DatasetName {
         self.join("DATA")
     }
+    /// Each version's own default configuration (from its bundle).
+    pub fn defaults_container(&self) -> DatasetName {
+        self.join("DEFAULTS")
+    }
+    pub fn defaults(&self, id: &VersionId) -> DatasetName {
+        self.join(&format!("DEFAULTS/{id}"))
+    }
     pub fn journal(&self) -> DatasetName {
         self.join("JOURNAL")
     }

@@ -132,7 +132,6 @@ impl std::fmt::Debug for Payload<'_> {
 }
 
 /// A request to stage a new version.
-#[derive(Debug)]
 pub struct StageRequest<'a> {
     pub version: String,
     pub payload: Payload<'a>,
@@ -144,6 +143,20 @@ pub struct StageRequest<'a> {
     /// Digest of the bundle this came from.
     pub bundle: Option<String>,
     pub allow_downgrade: bool,
+    /// This version's default configuration (its factory defaults), kept in
+    /// `DEFAULTS/<id>` for a config reset.
+    pub defaults: Option<&'a mut TreeWriter<'a>>,
+}
+
+impl std::fmt::Debug for StageRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageRequest")
+            .field("version", &self.version)
+            .field("payload", &self.payload)
+            .field("migrations", &self.migrations)
+            .field("defaults", &self.defaults.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How to activate a version.
@@ -163,6 +176,8 @@ pub enum Activation {
 pub enum Part {
     Root,
     Config,
+    /// The version's own default configuration.
+    Defaults,
 }
 
 /// One journal line.
@@ -182,6 +197,7 @@ pub mod steps {
         "snapshot",
         "receive",
         "clone-config",
+        "defaults",
         "migrate",
         "mark-staged",
     ];
@@ -891,8 +907,10 @@ impl Engine {
         let s = (props::state(), state.as_str().to_owned());
         self.zfs
             .set(&self.layout.root(id).into(), std::slice::from_ref(&s))?;
-        if self.exists(&self.layout.config(id))? {
-            self.zfs.set(&self.layout.config(id).into(), &[s])?;
+        for ds in [self.layout.config(id), self.layout.defaults(id)] {
+            if self.exists(&ds)? {
+                self.zfs.set(&ds.into(), std::slice::from_ref(&s))?;
+            }
         }
         Ok(())
     }
@@ -901,7 +919,11 @@ impl Engine {
     /// (only while still `staging` and cairn's), and the pre-upgrade snapshots.
     fn undo_staging(&self, id: &VersionId, running: Option<&VersionId>) -> Result<Vec<String>> {
         let mut done = Vec::new();
-        for ds in [self.layout.config(id), self.layout.root(id)] {
+        for ds in [
+            self.layout.defaults(id),
+            self.layout.config(id),
+            self.layout.root(id),
+        ] {
             if !self.exists(&ds)? {
                 continue;
             }
@@ -1011,10 +1033,60 @@ impl Engine {
         }
         op.step("clone-config")?;
         self.clone_config(running, id, &req.version, req.bundle.as_deref())?;
+        op.step("defaults")?;
+        if let Some(writer) = req.defaults {
+            self.write_defaults(id, &req.version, writer)?;
+        }
         op.step("migrate")?;
         self.migrate(id, &req.migrations, req.migration_timeout)?;
         op.step("mark-staged")?;
         self.mark(id, Stored::Staged)?;
+        Ok(())
+    }
+
+    /// Step `defaults`: the version's own default configuration, in `DEFAULTS/<id>`,
+    /// snapshotted as `@installed`.
+    fn write_defaults(
+        &self,
+        id: &VersionId,
+        version: &str,
+        writer: &mut TreeWriter<'_>,
+    ) -> Result<()> {
+        let container = self.layout.defaults_container();
+        if !self.exists(&container)? {
+            let props = vec![
+                (PropName::native("mountpoint"), "none".to_owned()),
+                (PropName::native("canmount"), "off".to_owned()),
+            ];
+            self.zfs.create(
+                &container,
+                &CreateOptions {
+                    parents: false,
+                    props,
+                },
+            )?;
+        }
+        let ds = self.layout.defaults(id);
+        if self.exists(&ds)? {
+            return Ok(());
+        }
+        let now = self.host.now().to_string();
+        let mut props = self.config_props(id, version, Stored::Staging, None, &now);
+        props.retain(|(k, _)| k.as_str() != "mountpoint");
+        props.push((
+            PropName::native("mountpoint"),
+            format!("/var/lib/cairn/defaults/{id}"),
+        ));
+        self.zfs.create(
+            &ds,
+            &CreateOptions {
+                parents: false,
+                props,
+            },
+        )?;
+        self.host.populate(&ds, writer)?;
+        let snap = ds.snapshot(INSTALLED_SNAPSHOT).map_err(ZfsError::from)?;
+        self.zfs.snapshot(std::slice::from_ref(&snap), &[])?;
         Ok(())
     }
 
@@ -1358,6 +1430,7 @@ impl Engine {
         let ds = match part {
             Part::Root => self.layout.root(id),
             Part::Config => self.layout.config(id),
+            Part::Defaults => self.layout.defaults(id),
         };
         if !self.exists(&ds)? {
             return Err(EngineError::UnknownVersion { id: id.to_string() });
@@ -1431,7 +1504,14 @@ impl Engine {
             .map(|p| PropName::native(p))
             .collect();
         let mut ds: BTreeMap<String, retention::DsFacts> = BTreeMap::new();
-        for container in [self.layout.root_container(), self.layout.config_container()] {
+        for container in [
+            self.layout.root_container(),
+            self.layout.config_container(),
+            self.layout.defaults_container(),
+        ] {
+            if !self.exists(&container)? {
+                continue;
+            }
             for e in self.zfs.list(&ListRequest {
                 roots: vec![container],
                 depth: Some(1),
@@ -1499,10 +1579,14 @@ impl Engine {
                     trial: v.is_trial,
                     last_known_good: v.is_last_known_good,
                     factory: v.stored == Stored::Factory,
-                    datasets: [self.layout.root(&v.id), self.layout.config(&v.id)]
-                        .iter()
-                        .filter_map(|d| ds.get(d.as_str()).cloned())
-                        .collect(),
+                    datasets: [
+                        self.layout.root(&v.id),
+                        self.layout.config(&v.id),
+                        self.layout.defaults(&v.id),
+                    ]
+                    .iter()
+                    .filter_map(|d| ds.get(d.as_str()).cloned())
+                    .collect(),
                 })
                 .collect(),
             snapshots,

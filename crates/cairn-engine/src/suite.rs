@@ -245,6 +245,7 @@ fn stage(
             migration_timeout: Duration::from_secs(5),
             bundle: Some("sha256:test".into()),
             allow_downgrade: false,
+            defaults: None,
         },
         BY,
     )
@@ -415,6 +416,7 @@ fn stage_incremental_as_clone(w: &mut dyn World) {
                 migration_timeout: Duration::from_secs(5),
                 bundle: None,
                 allow_downgrade: false,
+                defaults: None,
             },
             BY,
         )
@@ -533,6 +535,7 @@ fn bad_requests_change_nothing(w: &mut dyn World) {
             migration_timeout: Duration::from_secs(5),
             bundle: None,
             allow_downgrade: false,
+            defaults: None,
         },
         BY,
     );
@@ -554,6 +557,7 @@ fn bad_requests_change_nothing(w: &mut dyn World) {
             migration_timeout: Duration::from_secs(5),
             bundle: None,
             allow_downgrade: false,
+            defaults: None,
         },
         BY,
     );
@@ -726,6 +730,7 @@ fn mount_read_only_and_diff(w: &mut dyn World) {
                 migration_timeout: Duration::from_secs(5),
                 bundle: None,
                 allow_downgrade: false,
+                defaults: None,
             },
             BY,
         )
@@ -1046,8 +1051,8 @@ fn cancel_stops_staging_and_undoes_it(w: &mut dyn World) {
         *seen.lock().unwrap(),
         [
             "upgrade:snapshot:0",
-            "upgrade:receive:20",
-            "upgrade:clone-config:40"
+            "upgrade:receive:16",
+            "upgrade:clone-config:33"
         ],
         "progress in order"
     );
@@ -1057,6 +1062,9 @@ fn cancel_stops_staging_and_undoes_it(w: &mut dyn World) {
 
 fn stage_tree_into_a_fresh_dataset(w: &mut dyn World) {
     let _vendor = provisioned(w);
+    let mut defaults = |dir: &std::path::Path| -> std::io::Result<()> {
+        std::fs::write(dir.join("app.conf"), "schema=2\ndefault=yes\n")
+    };
     let mut writer = |dir: &std::path::Path| -> std::io::Result<()> {
         std::fs::create_dir_all(dir.join("usr/lib/app"))?;
         std::fs::write(dir.join("usr/lib/app/version"), "2.0-tree\n")
@@ -1072,6 +1080,7 @@ fn stage_tree_into_a_fresh_dataset(w: &mut dyn World) {
                 migration_timeout: Duration::from_secs(5),
                 bundle: None,
                 allow_downgrade: false,
+                defaults: Some(&mut defaults),
             },
             BY,
         )
@@ -1082,6 +1091,14 @@ fn stage_tree_into_a_fresh_dataset(w: &mut dyn World) {
     );
     let pristine = w.engine().pristine(&v2).unwrap();
     assert_eq!(pristine.snap(), crate::INSTALLED_SNAPSHOT);
+    let at = w.h().scratch().join("defaults-2.0");
+    let mnt = w.engine().mount(&v2, Part::Defaults, None, &at).unwrap();
+    assert_eq!(
+        w.h().read_mounted(&mnt, "app.conf").as_deref(),
+        Some(&b"schema=2\ndefault=yes\n"[..]),
+        "this version's own defaults"
+    );
+    w.engine().unmount(&mnt).unwrap();
     assert_eq!(
         w.engine().version(&v2).unwrap().origin,
         None,
@@ -1101,6 +1118,7 @@ fn stage_tree_into_a_fresh_dataset(w: &mut dyn World) {
             migration_timeout: Duration::from_secs(5),
             bundle: None,
             allow_downgrade: false,
+            defaults: None,
         },
         BY,
     );

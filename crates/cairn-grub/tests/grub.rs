@@ -317,6 +317,7 @@ fn menu_model_from_the_engine_lists_bootable_versions_only() {
                 migration_timeout: std::time::Duration::from_secs(1),
                 bundle: None,
                 allow_downgrade: false,
+                defaults: None,
             },
             "t",
         )
