@@ -13,6 +13,7 @@
 //! carries each payload's size and SHA-256; payload bytes are checked as they stream.
 //! Format description: `docs/bundle-format.md`.
 
+pub mod install;
 pub mod tarsafe;
 
 #[cfg(test)]
@@ -229,6 +230,15 @@ pub struct BundleReader<R: BufRead> {
     /// A section line read ahead while looking for the signature.
     pending: Option<String>,
     next: usize,
+    current: Option<Current>,
+}
+
+/// The payload being read: bytes left and the running digest.
+struct Current {
+    left: u64,
+    hasher: Sha256,
+    want: String,
+    name: String,
 }
 
 impl<R: BufRead> std::fmt::Debug for BundleReader<R> {
@@ -307,6 +317,7 @@ impl<R: BufRead> BundleReader<R> {
             signature,
             pending,
             next: 0,
+            current: None,
         })
     }
 
@@ -375,6 +386,13 @@ impl<R: BufRead> BundleReader<R> {
     /// The next payload, as a reader that yields exactly its bytes and fails at the end
     /// if they do not match the manifest's digest. `None` after the last one.
     pub fn next_payload(&mut self) -> Result<Option<(PayloadEntry, PayloadReader<'_, R>)>> {
+        Ok(self
+            .begin_payload()?
+            .map(|e| (e, PayloadReader { bundle: self })))
+    }
+
+    /// Moves to the next payload; its bytes are then read with [`Self::read_payload`].
+    pub fn begin_payload(&mut self) -> Result<Option<PayloadEntry>> {
         let Some(entry) = self.manifest.payloads.get(self.next).cloned() else {
             let line = match self.pending.take() {
                 Some(l) => l,
@@ -406,14 +424,49 @@ impl<R: BufRead> BundleReader<R> {
                 name: entry.name.clone(),
             });
         }
-        let reader = PayloadReader {
-            input: &mut self.input,
+        self.current = Some(Current {
             left: len,
             hasher: Sha256::new(),
             want: entry.sha256.clone(),
             name: entry.name.clone(),
+        });
+        Ok(Some(entry))
+    }
+
+    /// Reads the current payload's bytes. At its end the digest is checked: a mismatch
+    /// is an `InvalidData` error, so whatever consumes the stream fails before it finishes.
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(c) = self.current.as_mut() else {
+            return Ok(0);
         };
-        Ok(Some((entry, reader)))
+        let check = |c: &Current| {
+            if format!("{:x}", c.hasher.clone().finalize()) == c.want {
+                Ok(())
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("payload '{}' digest mismatch", c.name),
+                ))
+            }
+        };
+        if c.left == 0 {
+            check(c)?;
+            return Ok(0);
+        }
+        let cap = buf.len().min(c.left as usize);
+        let n = self.input.read(&mut buf[..cap])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "payload ends early",
+            ));
+        }
+        c.hasher.update(&buf[..n]);
+        c.left -= n as u64;
+        if c.left == 0 {
+            check(c)?;
+        }
+        Ok(n)
     }
 
     /// Reads every payload to its end, checking digests (`cairn bundle verify`).
@@ -444,57 +497,27 @@ pub fn unwrap_payload_error(e: std::io::Error, name: &str) -> BundleError {
     }
 }
 
-/// One payload's bytes. At its end the digest is checked: a mismatch is an
-/// `InvalidData` error, so whatever consumes the stream fails before it finishes.
-pub struct PayloadReader<'a, R: Read> {
-    input: &'a mut R,
-    left: u64,
-    hasher: Sha256,
-    want: String,
-    name: String,
+/// One payload's bytes, read through its bundle (see [`BundleReader::read_payload`]).
+pub struct PayloadReader<'a, R: BufRead> {
+    bundle: &'a mut BundleReader<R>,
 }
 
-impl<R: Read> std::fmt::Debug for PayloadReader<'_, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PayloadReader")
-            .field("name", &self.name)
-            .field("left", &self.left)
-            .finish()
+impl<'a, R: BufRead> PayloadReader<'a, R> {
+    /// Reads the payload `bundle` is on (after [`BundleReader::begin_payload`]).
+    pub fn new(bundle: &'a mut BundleReader<R>) -> Self {
+        Self { bundle }
     }
 }
 
-impl<R: Read> Read for PayloadReader<'_, R> {
+impl<R: BufRead> std::fmt::Debug for PayloadReader<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadReader").finish_non_exhaustive()
+    }
+}
+
+impl<R: BufRead> Read for PayloadReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
-            let got = format!("{:x}", self.hasher.clone().finalize());
-            if got != self.want {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("payload '{}' digest mismatch", self.name),
-                ));
-            }
-            return Ok(0);
-        }
-        let cap = buf.len().min(self.left as usize);
-        let n = self.input.read(&mut buf[..cap])?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "payload ends early",
-            ));
-        }
-        self.hasher.update(&buf[..n]);
-        self.left -= n as u64;
-        if self.left == 0 {
-            let got = format!("{:x}", self.hasher.clone().finalize());
-            if got != self.want {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("payload '{}' digest mismatch", self.name),
-                ));
-            }
-        }
-        Ok(n)
+        self.bundle.read_payload(buf)
     }
 }
 

@@ -612,3 +612,153 @@ fn each_bad_input_has_its_own_named_error() {
         "not a bundle",
     );
 }
+
+mod install {
+    use super::*;
+    use cairn_bundle::install::{Appliance, InstallError, install};
+    use cairn_engine::BootKind;
+    use cairn_engine::suite::{ModelWorld, World};
+    use cairn_zfs::{CreateOptions, SendRequest};
+
+    /// A model appliance running 1.0.
+    fn appliance() -> ModelWorld {
+        let w = ModelWorld::new();
+        w.engine().init("t").unwrap();
+        let z = w.h().zfs();
+        let vendor = w.h().pool().root().child("vendor").unwrap();
+        z.create(&vendor, &CreateOptions::default()).unwrap();
+        let snap = vendor.snapshot("r1").unwrap();
+        z.snapshot(std::slice::from_ref(&snap), &[]).unwrap();
+        let mut full = Vec::new();
+        z.send(&SendRequest::full(snap), &mut full).unwrap();
+        let v1 = w
+            .engine()
+            .install_first("1.0", &mut full.as_slice(), "t")
+            .unwrap();
+        w.boot_into(&v1, BootKind::Normal);
+        w
+    }
+
+    fn names(w: &ModelWorld) -> Vec<String> {
+        w.engine()
+            .versions()
+            .unwrap()
+            .iter()
+            .map(|v| v.id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_signed_bundle_installs_with_its_defaults() {
+        let d = tmp("install");
+        let (p, s) = keypair(&d.0, "vendor");
+        let root = rootfs(&d.0);
+        let cfg = d.0.join("cfg");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("app.conf"), "schema=2\n").unwrap();
+        let b = build(
+            &d.0,
+            &s,
+            &[
+                "--root",
+                root.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        );
+        let w = appliance();
+        let app = Appliance {
+            keys: acceptance(&p).keys,
+            product: "demo-appliance".into(),
+            hardware: "demo-x86".into(),
+        };
+        let id = install(
+            w.engine(),
+            std::fs::File::open(&b).unwrap(),
+            &app,
+            false,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(id.as_str(), "2.0");
+        let v = w.engine().version(&id).unwrap();
+        assert!(v.bundle.unwrap().starts_with("sha256:"));
+        let root_ds = w.engine().layout().root(&id);
+        assert_eq!(
+            w.h()
+                .read_file(&root_ds.into(), "/usr/lib/app/version")
+                .as_deref(),
+            Some(&b"2.0\n"[..])
+        );
+        let def = w.engine().layout().defaults(&id);
+        assert_eq!(
+            w.h().read_file(&def.into(), "/app.conf").as_deref(),
+            Some(&b"schema=2\n"[..])
+        );
+    }
+
+    #[test]
+    fn a_bad_bundle_changes_nothing() {
+        let d = tmp("install-bad");
+        let (p, s) = keypair(&d.0, "vendor");
+        let root = rootfs(&d.0);
+        let b = build(&d.0, &s, &["--root", root.to_str().unwrap()]);
+        let w = appliance();
+        let app = Appliance {
+            keys: acceptance(&p).keys,
+            product: "demo-appliance".into(),
+            hardware: "demo-x86".into(),
+        };
+        let before = names(&w);
+        // Corrupt payload in a file: refused by the first pass.
+        let mut bytes = std::fs::read(&b).unwrap();
+        let i = bytes.len() - 5;
+        bytes[i] ^= 0xff;
+        std::fs::write(d.0.join("corrupt"), &bytes).unwrap();
+        let r = install(
+            w.engine(),
+            std::fs::File::open(d.0.join("corrupt")).unwrap(),
+            &app,
+            false,
+            "t",
+        );
+        assert!(
+            matches!(
+                r,
+                Err(InstallError::Bundle(BundleError::DigestMismatch { .. }))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(names(&w), before);
+        // The same through a pipe: caught while streaming, and the staging is undone.
+        let (rd, mut wr) = std::io::pipe().unwrap();
+        let t = std::thread::spawn(move || {
+            let _ = wr.write_all(&bytes);
+        });
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(rd));
+        let r = install(w.engine(), file, &app, false, "t");
+        t.join().unwrap();
+        assert!(r.is_err(), "corrupt stream accepted");
+        assert_eq!(names(&w), before, "nothing left behind");
+        // Wrong product.
+        let other = Appliance {
+            product: "other".into(),
+            ..app.clone()
+        };
+        let r = install(
+            w.engine(),
+            std::fs::File::open(&b).unwrap(),
+            &other,
+            false,
+            "t",
+        );
+        assert!(
+            matches!(
+                r,
+                Err(InstallError::Bundle(BundleError::WrongProduct { .. }))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(names(&w), before);
+    }
+}
