@@ -45,15 +45,21 @@ enum Command {
     List,
     /// One version in detail.
     Show { id: String },
-    /// Install a version from a `zfs send` stream (a file, or - for stdin); it is staged
-    /// beside the running system and activated separately.
+    /// Install a signed update bundle (a file, or - for stdin); it is verified, staged
+    /// beside the running system, and activated separately.
     Install {
         file: PathBuf,
-        /// The version the stream contains.
+        /// Install even if it is older than the running version.
         #[arg(long)]
-        version: String,
-        /// The stream is a delta from this installed version.
+        force: bool,
+        /// FILE is a raw `zfs send` stream of VERSION instead of a bundle.
+        #[arg(long, requires = "version")]
+        stream: bool,
+        /// The version a raw stream contains.
         #[arg(long)]
+        version: Option<String>,
+        /// The raw stream is a delta from this installed version.
+        #[arg(long, requires = "stream")]
         base: Option<String>,
     },
     /// Make a version boot next: for good, for a trial, or once.
@@ -230,9 +236,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show { id } => print_versions(&p.list_versions().await?, json, Some(&id)),
         Command::Install {
             file,
+            force,
+            stream,
             version,
             base,
-        } => install(&conn, &p, &file, &version, base.as_deref(), json).await,
+        } => {
+            let how = match (stream, version) {
+                (true, Some(v)) => Source::Stream { version: v, base },
+                _ => Source::Bundle { force },
+            };
+            install(&conn, &p, &file, how, json).await
+        }
         Command::Activate {
             id,
             trial,
@@ -453,12 +467,22 @@ fn write_man(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `install` was given.
+enum Source {
+    Bundle {
+        force: bool,
+    },
+    Stream {
+        version: String,
+        base: Option<String>,
+    },
+}
+
 async fn install(
     conn: &zbus::Connection,
     p: &UpdaterProxy<'_>,
     file: &std::path::Path,
-    version: &str,
-    base: Option<&str>,
+    how: Source,
     json: bool,
 ) -> anyhow::Result<()> {
     let (fd, size): (std::os::fd::OwnedFd, u64) = if file.as_os_str() == "-" {
@@ -468,9 +492,18 @@ async fn install(
         let size = f.metadata()?.len();
         (f.into(), size)
     };
-    let path = p
-        .stage_stream(version, zbus::Fd::from(&fd), base.unwrap_or(""), size)
-        .await?;
+    let path = match &how {
+        Source::Bundle { force } => p.install(zbus::Fd::from(&fd), *force).await?,
+        Source::Stream { version, base } => {
+            p.stage_stream(
+                version,
+                zbus::Fd::from(&fd),
+                base.as_deref().unwrap_or(""),
+                size,
+            )
+            .await?
+        }
+    };
     drop(fd);
     let job = JobProxy::builder(conn)
         .path(path.clone())

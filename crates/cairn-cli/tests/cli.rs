@@ -11,9 +11,16 @@ use cairn_daemon::{AuthPolicy, Shared, serve, serve_sim, sim_engine, sim_release
 
 /// The service runs on its own runtime thread for the whole test.
 fn appliance(name: &str) -> (Bus, Arc<Shared>) {
+    appliance_with(name, None)
+}
+
+fn appliance_with(
+    name: &str,
+    bundles: Option<cairn_bundle::install::Appliance>,
+) -> (Bus, Arc<Shared>) {
     let bus = start_bus(name);
     let (engine, _m, host) = sim_engine().unwrap();
-    let shared = Shared::new(
+    let mut shared = Shared::new(
         engine,
         AuthPolicy {
             admin_gid: None,
@@ -21,6 +28,9 @@ fn appliance(name: &str) -> (Bus, Arc<Shared>) {
             root_is_admin: true,
         },
     );
+    if let Some(b) = bundles {
+        shared = shared.with_bundles(b);
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let address = bus.address.clone();
     let s2 = shared.clone();
@@ -78,7 +88,13 @@ fn operator_session_install_try_rollback() {
     std::fs::write(&release, sim_release_stream(&model, "2.0").unwrap()).unwrap();
     let out = ok(&cairnctl(
         &bus,
-        &["install", "--version", "2.0", release.to_str().unwrap()],
+        &[
+            "install",
+            "--stream",
+            "--version",
+            "2.0",
+            release.to_str().unwrap(),
+        ],
     ));
     assert!(out.contains("installed 2.0"), "{out}");
     let out = ok(&cairnctl(&bus, &["activate", "--try", "2.0"]));
@@ -117,7 +133,7 @@ fn operator_session_install_try_rollback() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
         .arg("--address")
         .arg(&bus.address)
-        .args(["install", "--json", "--version", "3.0", "-"])
+        .args(["install", "--json", "--stream", "--version", "3.0", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -144,7 +160,13 @@ fn exit_codes_and_messages() {
     std::fs::write(&release, sim_release_stream(&model, "0.5").unwrap()).unwrap();
     let out = cairnctl(
         &bus,
-        &["install", "--version", "0.5", release.to_str().unwrap()],
+        &[
+            "install",
+            "--stream",
+            "--version",
+            "0.5",
+            release.to_str().unwrap(),
+        ],
     );
     assert_eq!(code(&out), 1);
     assert!(
@@ -220,7 +242,13 @@ fn install(bus: &Bus, version: &str) {
     std::fs::write(&release, sim_release_stream(&model, version).unwrap()).unwrap();
     ok(&cairnctl(
         bus,
-        &["install", "--version", version, release.to_str().unwrap()],
+        &[
+            "install",
+            "--stream",
+            "--version",
+            version,
+            release.to_str().unwrap(),
+        ],
     ));
 }
 
@@ -352,4 +380,95 @@ fn cleanup_dry_run_then_for_real() {
         serde_json::from_str(&ok(&cairnctl(&bus, &["cleanup", "--dry-run", "--json"]))).unwrap();
     assert_eq!(plan["kind"], "cleanup");
     assert_eq!(plan["data"]["dry_run"], true);
+}
+
+/// A signed rootfs bundle of `version`, built with the library as the vendor tool does.
+fn bundle(dir: &std::path::Path, version: &str, key: &std::path::Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let root = dir.join(format!("root-{version}"));
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/version"), format!("{version}\n")).unwrap();
+    let tar = dir.join(format!("root-{version}.tar.zst"));
+    cairn_bundle::tarsafe::pack_dir(&root, std::fs::File::create(&tar).unwrap()).unwrap();
+    let bytes = std::fs::read(&tar).unwrap();
+    let manifest = format!(
+        "format: 1\nproduct: demo-appliance\nversion: '{version}'\nhardware: [demo-x86]\npayloads:\n  - name: root\n    kind: rootfs-tar-zst\n    size: {}\n    sha256: {:x}\n",
+        bytes.len(),
+        sha2::Sha256::digest(&bytes)
+    );
+    let sig = cairn_bundle::sign(
+        manifest.as_bytes(),
+        &std::fs::read_to_string(key).unwrap(),
+        None,
+    )
+    .unwrap();
+    let out = dir.join(format!("{version}.cairn"));
+    let mut f = std::fs::File::create(&out).unwrap();
+    cairn_bundle::write_bundle(
+        &mut f,
+        manifest.as_bytes(),
+        Some(&sig),
+        &[("root".into(), tar)],
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn install_signed_bundles() {
+    let keys = std::env::temp_dir().join(format!("cairnctl-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&keys).unwrap();
+    let (p, s) = (keys.join("v.pub"), keys.join("v.key"));
+    let st = Command::new("minisign")
+        .args(["-G", "-W", "-f", "-p"])
+        .arg(&p)
+        .arg("-s")
+        .arg(&s)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let app = cairn_bundle::install::Appliance {
+        keys: vec![cairn_bundle::public_key(&std::fs::read_to_string(&p).unwrap()).unwrap()],
+        product: "demo-appliance".into(),
+        hardware: "demo-x86".into(),
+    };
+    let (bus, shared) = appliance_with("bundles", Some(app));
+    let b2 = bundle(&bus.dir, "2.0", &s);
+    let out = ok(&cairnctl(&bus, &["install", b2.to_str().unwrap()]));
+    assert!(out.contains("installed 2.0"), "{out}");
+    let v = shared
+        .engine
+        .versions()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.id.as_str() == "2.0")
+        .unwrap();
+    assert!(v.bundle.unwrap().starts_with("sha256:"));
+    // Tampered: refused, named, nothing installed.
+    let mut bytes = std::fs::read(&b2).unwrap();
+    let pos = bytes.windows(5).position(|w| w == b"'2.0'").unwrap();
+    bytes[pos + 1] = b'3';
+    let bad = bus.dir.join("tampered.cairn");
+    std::fs::write(&bad, bytes).unwrap();
+    let out = cairnctl(&bus, &["install", bad.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signature does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(shared.engine.versions().unwrap().len(), 2);
+    // Older than what runs: refused unless forced.
+    let b05 = bundle(&bus.dir, "0.5", &s);
+    let out = cairnctl(&bus, &["install", b05.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("older"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&cairnctl(
+        &bus,
+        &["install", "--force", b05.to_str().unwrap()],
+    ));
+    let _ = std::fs::remove_dir_all(keys);
 }

@@ -28,6 +28,7 @@ pub enum Error {
     NotBooted(String),
     Foreign(String),
     Cancelled(String),
+    BadBundle(String),
     InvalidArgument(String),
     Failed(String),
 }
@@ -58,6 +59,22 @@ impl From<EngineError> for Error {
     }
 }
 
+impl From<cairn_bundle::install::InstallError> for Error {
+    fn from(e: cairn_bundle::install::InstallError) -> Self {
+        use cairn_bundle::BundleError as B;
+        match e {
+            cairn_bundle::install::InstallError::Engine(e) => e.into(),
+            cairn_bundle::install::InstallError::Bundle(b) => {
+                let m = b.to_string();
+                match b {
+                    B::Downgrade { .. } => Self::Downgrade(m),
+                    _ => Self::BadBundle(m),
+                }
+            }
+        }
+    }
+}
+
 impl Error {
     /// The error's D-Bus name, for the job's `Finished` signal.
     pub fn dbus_name(&self) -> String {
@@ -82,6 +99,7 @@ pub trait Updater {
     fn list_versions(&self) -> zbus::Result<String>;
     fn get_journal(&self) -> zbus::Result<String>;
     fn diff(&self, from: &str, to: &str) -> zbus::Result<String>;
+    fn install(&self, bundle: zbus::Fd<'_>, force: bool) -> zbus::Result<zbus::OwnedObjectPath>;
     fn stage_stream(
         &self,
         version: &str,

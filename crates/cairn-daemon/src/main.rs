@@ -37,6 +37,15 @@ struct Args {
     /// Extra kernel arguments for every menu entry.
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Vendor public keys (minisign `.pub` files) bundles must be signed with.
+    #[arg(long, default_value = "/etc/cairn/keys")]
+    keys_dir: std::path::PathBuf,
+    /// This appliance's product id, as bundles name it.
+    #[arg(long, default_value = "demo-appliance")]
+    product_id: String,
+    /// This appliance's hardware id, as bundles list it.
+    #[arg(long, default_value = "demo-x86")]
+    hardware_id: String,
     /// The retention policy (defaults apply when the file is missing).
     #[arg(long, default_value = "/etc/cairn/retention.yaml")]
     retention: std::path::PathBuf,
@@ -131,6 +140,32 @@ async fn main() -> anyhow::Result<()> {
         (Shared::new(engine, policy).with_after_change(after), None)
     };
     let shared = shared.with_retention(retention);
+    let keys: Vec<_> = std::fs::read_dir(&args.keys_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pub"))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            match cairn_bundle::public_key(&text) {
+                Ok(k) => Some(k),
+                Err(err) => {
+                    tracing::warn!(key = %e.path().display(), error = %err, "ignoring an unreadable vendor key");
+                    None
+                }
+            }
+        })
+        .collect();
+    let shared = if keys.is_empty() {
+        tracing::warn!(dir = %args.keys_dir.display(), "no vendor keys: bundles will be refused");
+        shared
+    } else {
+        shared.with_bundles(cairn_bundle::install::Appliance {
+            keys,
+            product: args.product_id.clone(),
+            hardware: args.hardware_id.clone(),
+        })
+    };
     let builder = match (&args.address, args.sim) {
         (Some(a), _) => zbus::connection::Builder::address(a.as_str()),
         (None, true) => zbus::connection::Builder::session(),

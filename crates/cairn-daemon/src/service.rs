@@ -29,6 +29,8 @@ pub type AfterChange = Arc<dyn Fn(&Engine) + Send + Sync>;
 /// What the manager and its jobs share.
 pub struct Shared {
     pub engine: Arc<Engine>,
+    /// Where bundles are accepted from (vendor keys, product, hardware); none: refused.
+    pub bundles: Option<cairn_bundle::install::Appliance>,
     pub policy: AuthPolicy,
     /// The retention policy (`/etc/cairn/retention.yaml`).
     pub retention: cairn_engine::retention::Policy,
@@ -52,12 +54,19 @@ impl Shared {
     pub fn new(engine: Arc<Engine>, policy: AuthPolicy) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            bundles: None,
             policy,
             retention: cairn_engine::retention::Policy::default(),
             busy: Mutex::new(None),
             next_job: AtomicU64::new(1),
             after_change: None,
         })
+    }
+
+    pub fn with_bundles(self: Arc<Self>, app: cairn_bundle::install::Appliance) -> Arc<Self> {
+        let mut s = Arc::into_inner(self).expect("configure before serving");
+        s.bundles = Some(app);
+        Arc::new(s)
     }
 
     pub fn with_retention(self: Arc<Self>, p: cairn_engine::retention::Policy) -> Arc<Self> {
@@ -180,6 +189,34 @@ impl Updater {
         }
     }
 
+    /// Takes the mutating slot, publishes a job object and runs `work` in it.
+    async fn start_job(
+        &mut self,
+        conn: &Connection,
+        emitter: &SignalEmitter<'_>,
+        uid: u32,
+        operation: &str,
+        what: &str,
+        work: JobWork,
+    ) -> Result<OwnedObjectPath, Error> {
+        let slot = take_slot(&self.shared, what)?;
+        let n = self.shared.next_job.fetch_add(1, Ordering::SeqCst);
+        let path = OwnedObjectPath::try_from(format!("{JOBS_PATH}/{n}"))
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        conn.object_server()
+            .at(
+                &path,
+                Job::new(operation, cancel.clone(), self.shared.clone()),
+            )
+            .await?;
+        self.current_job = path.clone();
+        let _ = self.current_job_changed(emitter).await;
+        let (shared, conn, job_path) = (self.shared.clone(), conn.clone(), path.clone());
+        tokio::spawn(async move { run_job(shared, conn, job_path, cancel, uid, slot, work).await });
+        Ok(path)
+    }
+
     /// A short mutating call: authorized, in the single slot, journaled as `uid:<n>`.
     async fn mutate<T: Send + 'static>(
         &self,
@@ -269,26 +306,63 @@ impl Updater {
         } else {
             Some(id(&base)?)
         };
-        let slot = take_slot(&self.shared, &format!("installing {version}"))?;
-        let n = self.shared.next_job.fetch_add(1, Ordering::SeqCst);
-        let path = OwnedObjectPath::try_from(format!("{JOBS_PATH}/{n}"))
-            .map_err(|e| Error::Failed(e.to_string()))?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job::new("install", cancel.clone(), self.shared.clone());
-        conn.object_server().at(&path, job).await?;
-        self.current_job = path.clone();
-        let _ = self.current_job_changed(&emitter).await;
+        let what = format!("installing {version}");
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(stream));
-        let shared = self.shared.clone();
-        let conn = conn.clone();
-        let job_path = path.clone();
-        tokio::spawn(async move {
-            run_stage_job(
-                shared, conn, job_path, cancel, file, version, base, size, uid, slot,
-            )
-            .await;
+        let work: JobWork = Box::new(move |engine: &Engine, by: &str| {
+            let mut file = file;
+            let payload = match &base {
+                Some(b) => Payload::IncrementalStream {
+                    base: b.clone(),
+                    stream: &mut file,
+                },
+                None => Payload::FullStream(&mut file),
+            };
+            engine
+                .stage(
+                    StageRequest {
+                        version,
+                        payload,
+                        size_hint: size,
+                        migrations: Vec::new(),
+                        migration_timeout: Duration::from_secs(300),
+                        bundle: None,
+                        allow_downgrade: false,
+                        defaults: None,
+                    },
+                    by,
+                )
+                .map(|v| v.to_string())
+                .map_err(Error::from)
         });
-        Ok(path)
+        self.start_job(conn, &emitter, uid, "install", &what, work)
+            .await
+    }
+
+    /// Installs a signed bundle passed as a file descriptor: verified against the vendor
+    /// keys, product and hardware configured here, then staged. Returns the job.
+    async fn install(
+        &mut self,
+        bundle: zbus::OwnedFd,
+        force: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = authorize(&self.shared, &hdr, conn, "install a bundle").await?;
+        let app = self.shared.bundles.clone().ok_or_else(|| {
+            Error::BadBundle(
+                "no vendor keys are configured here (minisign .pub files in /etc/cairn/keys)"
+                    .into(),
+            )
+        })?;
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(bundle));
+        let work: JobWork = Box::new(move |engine: &Engine, by: &str| {
+            cairn_bundle::install::install(engine, file, &app, force, by)
+                .map(|v| v.to_string())
+                .map_err(Error::from)
+        });
+        self.start_job(conn, &emitter, uid, "install", "installing a bundle", work)
+            .await
     }
 
     /// `mode`: `permanent`, `trial` (with `attempts`) or `once`.
@@ -499,18 +573,17 @@ impl Updater {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_stage_job(
+/// What a job does, on a blocking thread: the engine and who asked; returns the result.
+pub type JobWork = Box<dyn FnOnce(&Engine, &str) -> Result<String, Error> + Send>;
+
+async fn run_job(
     shared: Arc<Shared>,
     conn: Connection,
     path: OwnedObjectPath,
     cancel: Arc<AtomicBool>,
-    mut file: std::fs::File,
-    version: String,
-    base: Option<VersionId>,
-    size: u64,
     uid: u32,
     slot: BusyGuard,
+    work: JobWork,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u32)>();
     let c2 = cancel.clone();
@@ -523,26 +596,7 @@ async fn run_stage_job(
     let engine = shared.engine.clone();
     let after = shared.after_change.clone();
     let work = tokio::task::spawn_blocking(move || {
-        let payload = match &base {
-            Some(b) => Payload::IncrementalStream {
-                base: b.clone(),
-                stream: &mut file,
-            },
-            None => Payload::FullStream(&mut file),
-        };
-        let r = engine.stage(
-            StageRequest {
-                version,
-                payload,
-                size_hint: size,
-                migrations: Vec::new(),
-                migration_timeout: Duration::from_secs(300),
-                bundle: None,
-                allow_downgrade: false,
-                defaults: None,
-            },
-            &format!("uid:{uid}"),
-        );
+        let r = work(&engine, &format!("uid:{uid}"));
         if let Some(a) = after {
             a(&engine);
         }
@@ -578,10 +632,9 @@ async fn run_stage_job(
         let _ = j.progress_changed(&emitter).await;
     }
     let (state, result, name, message) = match outcome {
-        Ok(Ok(v)) => ("done", v.to_string(), String::new(), String::new()),
-        Ok(Err(e)) => {
-            let cancelled = matches!(e, cairn_engine::EngineError::Cancelled { .. });
-            let err = Error::from(e);
+        Ok(Ok(v)) => ("done", v, String::new(), String::new()),
+        Ok(Err(err)) => {
+            let cancelled = matches!(err, Error::Cancelled(_));
             (
                 if cancelled { "cancelled" } else { "failed" },
                 String::new(),
