@@ -12,6 +12,7 @@
 //! crash interrupted.
 
 pub mod boot;
+pub mod factory;
 pub mod host;
 mod layout;
 pub mod retention;
@@ -86,6 +87,8 @@ pub enum EngineError {
     Crashed { point: String },
     #[error("cancelled at step '{step}'; what was done is undone")]
     Cancelled { step: String },
+    #[error("a full factory reset erases all customer data; confirm with the token {token}")]
+    ConfirmationRequired { token: &'static str },
     #[error(transparent)]
     Zfs(#[from] ZfsError),
     #[error("{what}: {source}")]
@@ -1339,6 +1342,12 @@ impl Engine {
         if !self.exists(&root)? {
             return Err(EngineError::UnknownVersion { id: id.to_string() });
         }
+        if self.is_factory(id) {
+            return Err(EngineError::NotBootable {
+                id: id.to_string(),
+                state: "the factory baseline never changes".into(),
+            });
+        }
         if self.boot.read()?.default.as_ref() == Some(id) {
             return Err(EngineError::NotBootable {
                 id: id.to_string(),
@@ -1795,6 +1804,10 @@ impl Engine {
                 self.mark_failed_steps(&mut op, &id, &reason)?;
                 op.finish("failed (finished by reconcile)")?;
                 report.actions.push(format!("finished marking {id} failed"));
+            }
+            op if op.starts_with("reset-") => {
+                let done = self.resume_reset(op, &rec.target, &rec.arg, by)?;
+                report.actions.push(done);
             }
             "cleanup" => {
                 // Each step of a cleanup is one atomic zfs call; the next run plans again

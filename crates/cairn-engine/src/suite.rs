@@ -116,6 +116,16 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("pin_and_unpin", pin_and_unpin),
     (
+        "factory_baseline_is_held_and_never_booted",
+        factory_baseline_is_held_and_never_booted,
+    ),
+    (
+        "reset_config_gives_this_versions_defaults",
+        reset_config_gives_this_versions_defaults,
+    ),
+    ("reset_system_and_full", reset_system_and_full),
+    ("crash_at_every_reset_step", crash_at_every_reset_step),
+    (
         "stage_tree_into_a_fresh_dataset",
         stage_tree_into_a_fresh_dataset,
     ),
@@ -1375,6 +1385,302 @@ fn cleanup_dry_run_changes_nothing_and_protects(w: &mut dyn World) {
         .map(|v| v.id.to_string())
         .collect();
     assert_eq!(left, ["4.0", "2.0", "1.0"]);
+}
+
+/// Lays out the pool and provisions the factory baseline (1.0, config `schema=1`);
+/// 1.0 boots and the customer writes data.
+fn provisioned_factory(w: &mut dyn World) -> Vendor {
+    w.engine().init(BY).expect("init");
+    let mut vendor = Vendor::new(w);
+    let (full, _) = vendor.release(w, "1.0", &[("/usr/lib/app/version", "1.0\n")]);
+    let mut defaults = |d: &std::path::Path| -> std::io::Result<()> {
+        std::fs::write(d.join("app.conf"), "schema=1\n")
+    };
+    let v1 = w
+        .engine()
+        .provision_factory(
+            "1.0",
+            Payload::FullStream(&mut full.as_slice()),
+            Some(&mut defaults),
+            BY,
+        )
+        .expect("provision");
+    assert_eq!(v1, id("1.0"));
+    w.boot_into(&v1, BootKind::Normal);
+    w.engine().reconcile(BY).expect("reconcile");
+    w.h()
+        .write_file(&data_ds(w), "customer.db", b"precious customer data");
+    vendor
+}
+
+fn factory_baseline_is_held_and_never_booted(w: &mut dyn World) {
+    let _v = provisioned_factory(w);
+    let f = id(crate::factory::FACTORY_ID);
+    let vs = w.engine().versions().unwrap();
+    let states: Vec<_> = vs.iter().map(|v| (v.id.to_string(), v.state)).collect();
+    assert!(
+        states.contains(&("factory".into(), "factory")),
+        "{states:?}"
+    );
+    assert!(states.contains(&("1.0".into(), "active")), "{states:?}");
+    let l = w.engine().layout().clone();
+    let v1 = w.engine().version(&id("1.0")).unwrap();
+    assert_eq!(
+        v1.origin.as_deref(),
+        Some(format!("{}@factory", l.root(&f)).as_str()),
+        "1.0 is a clone of the baseline"
+    );
+    assert_eq!(
+        read_config(w, &id("1.0"), "app.conf").as_deref(),
+        Some("schema=1\n")
+    );
+    for s in w.engine().factory_snapshots().unwrap().expect("baseline") {
+        let holds = w.h().zfs().holds(&s).unwrap();
+        assert!(
+            holds.iter().any(|h| h.tag == crate::factory::FACTORY_HOLD),
+            "plain zfs holds says why: {holds:?}"
+        );
+        let r = w
+            .h()
+            .zfs()
+            .destroy(&(&s).into(), cairn_zfs::DestroyOptions::default());
+        let k = r.unwrap_err().kind();
+        assert!(
+            matches!(
+                k,
+                cairn_zfs::ErrorKind::Busy | cairn_zfs::ErrorKind::HasDependentClones
+            ),
+            "cannot be destroyed: {k:?}"
+        );
+    }
+    let before = names(w);
+    kind(
+        w.engine().activate(&f, Activation::Permanent, false, BY),
+        |e| matches!(e, EngineError::NotBootable { .. }),
+        "activate the baseline",
+    );
+    kind(
+        w.engine().activate(&f, Activation::Trial(2), true, BY),
+        |e| matches!(e, EngineError::NotBootable { .. }),
+        "force does not help",
+    );
+    kind(
+        w.engine().mark_failed(&f, "x", BY),
+        |e| matches!(e, EngineError::NotBootable { .. }),
+        "mark the baseline",
+    );
+    let all = crate::retention::Policy {
+        keep_min: 1,
+        keep_max: 1,
+        expire_after_days: 0,
+        expire_never_booted_days: 0,
+        grace_days: 0,
+        free_space_percent: 0,
+        data_snapshots_keep: 0,
+    };
+    let plan = w.engine().cleanup(&all, false, BY).unwrap();
+    assert!(
+        !plan.plan.remove.contains(&f),
+        "retention never plans the baseline"
+    );
+    assert_eq!(names(w), before, "nothing about the baseline changed");
+}
+
+fn reset_config_gives_this_versions_defaults(w: &mut dyn World) {
+    let mut vendor = provisioned_factory(w);
+    // 2.0 ships its own defaults (schema 2) and a migration of the live config.
+    w.hook(
+        &vendor.ds,
+        "/usr/lib/app/migrate",
+        HookAction::AppendConfig {
+            file: "app.conf",
+            line: "migrated=yes",
+        },
+    );
+    let (full, _) = vendor.release(w, "2.0", &[]);
+    let mut defaults = |d: &std::path::Path| -> std::io::Result<()> {
+        std::fs::write(d.join("app.conf"), "schema=2\n")
+    };
+    let mut s = full.as_slice();
+    let v2 = w
+        .engine()
+        .stage(
+            StageRequest {
+                version: "2.0".into(),
+                payload: Payload::FullStream(&mut s),
+                size_hint: 1,
+                migrations: vec!["/usr/lib/app/migrate".into()],
+                migration_timeout: Duration::from_secs(10),
+                bundle: None,
+                allow_downgrade: false,
+                defaults: Some(&mut defaults),
+            },
+            BY,
+        )
+        .unwrap();
+    w.engine()
+        .activate(&v2, Activation::Permanent, false, BY)
+        .unwrap();
+    w.reboot();
+    assert_eq!(
+        read_config(w, &v2, "app.conf").as_deref(),
+        Some("schema=1\nmigrated=yes\n")
+    );
+    let dry = w
+        .engine()
+        .factory_reset(crate::factory::ResetMode::Config, "", true, BY)
+        .unwrap();
+    let steps: Vec<_> = dry.iter().map(|a| a.step.as_str()).collect();
+    assert_eq!(steps, ["clone-defaults", "keep-old", "swap"]);
+    let before = names(w);
+    let done = w
+        .engine()
+        .factory_reset(crate::factory::ResetMode::Config, "", false, BY)
+        .unwrap();
+    assert_eq!(done, dry, "the dry run lists exactly what was done");
+    assert_eq!(
+        read_config(w, &v2, "app.conf").as_deref(),
+        Some("schema=2\n"),
+        "2.0's own defaults, not the factory's"
+    );
+    let after = names(w);
+    let kept = format!("{}/CONFIG/2.0.before-reset-1", w.h().pool());
+    assert!(
+        after.contains(&kept) && !before.contains(&kept),
+        "the old config is kept: {after:?}"
+    );
+    assert_eq!(
+        read_config(w, &id("1.0"), "app.conf").as_deref(),
+        Some("schema=1\n"),
+        "other versions untouched"
+    );
+    data_intact(w);
+}
+
+fn reset_system_and_full(w: &mut dyn World) {
+    let mut vendor = provisioned_factory(w);
+    let (full, _) = vendor.release(w, "2.0", &[]);
+    let v2 = stage(w, "2.0", &full, &[]).unwrap();
+    w.engine()
+        .activate(&v2, Activation::Permanent, false, BY)
+        .unwrap();
+    w.reboot();
+    let dry = w
+        .engine()
+        .factory_reset(crate::factory::ResetMode::System, "", true, BY)
+        .unwrap();
+    assert_eq!(
+        dry.iter().map(|a| a.step.as_str()).collect::<Vec<_>>(),
+        ["clone-root", "clone-config", "activate"]
+    );
+    let done = w
+        .engine()
+        .factory_reset(crate::factory::ResetMode::System, "", false, BY)
+        .unwrap();
+    assert_eq!(done, dry);
+    assert_eq!(state_of(w, "1.0-reset-1"), "active");
+    assert_eq!(
+        read_config(w, &id("1.0-reset-1"), "app.conf").as_deref(),
+        Some("schema=1\n"),
+        "factory config"
+    );
+    assert!(
+        w.engine().version(&v2).is_ok(),
+        "older versions are kept: the reset can be undone"
+    );
+    data_intact(w);
+    // Full reset: refused without the token, and nothing changes.
+    let before = names(w);
+    kind(
+        w.engine()
+            .factory_reset(crate::factory::ResetMode::Full, "yes", false, BY),
+        |e| matches!(e, EngineError::ConfirmationRequired { .. }),
+        "full reset without the token",
+    );
+    assert_eq!(names(w), before);
+    data_intact(w);
+    let dry = w
+        .engine()
+        .factory_reset(
+            crate::factory::ResetMode::Full,
+            crate::factory::FULL_RESET_TOKEN,
+            true,
+            BY,
+        )
+        .unwrap();
+    assert_eq!(names(w), before, "dry run");
+    let done = w
+        .engine()
+        .factory_reset(
+            crate::factory::ResetMode::Full,
+            crate::factory::FULL_RESET_TOKEN,
+            false,
+            BY,
+        )
+        .unwrap();
+    assert_eq!(done, dry);
+    assert!(dry.iter().any(|a| a.step == "erase-data"));
+    assert_eq!(
+        w.h().read_file(&data_ds(w).into(), "customer.db"),
+        None,
+        "data erased"
+    );
+    assert!(
+        !names(w).iter().any(|n| n.contains("/DATA/app@")),
+        "data snapshots gone too"
+    );
+    assert_eq!(state_of(w, "1.0-reset-2"), "active");
+}
+
+fn crash_at_every_reset_step(w: &mut dyn World) {
+    let _vendor = provisioned_factory(w);
+    for (mode, steps) in [
+        (
+            crate::factory::ResetMode::Config,
+            &["clone-defaults", "keep-old", "swap"][..],
+        ),
+        (
+            crate::factory::ResetMode::System,
+            &["clone-root", "clone-config", "activate"][..],
+        ),
+    ] {
+        for step in steps {
+            w.engine()
+                .crash_at(Some(&format!("reset-{}:{step}", mode.as_str())));
+            kind(
+                w.engine().factory_reset(mode, "", false, BY),
+                |e| matches!(e, EngineError::Crashed { .. }),
+                step,
+            );
+            w.restart();
+            let r = w.engine().reconcile(BY).unwrap();
+            assert!(
+                r.actions
+                    .iter()
+                    .any(|a| a.contains("finished the interrupted")),
+                "{mode:?} {step}: {r:?}"
+            );
+            match mode {
+                crate::factory::ResetMode::Config => {
+                    let running = w.engine().host().booted().unwrap().version;
+                    assert_eq!(
+                        read_config(w, &running, "app.conf").as_deref(),
+                        Some("schema=1\n"),
+                        "config after {step}"
+                    );
+                }
+                _ => {
+                    let default = w.engine().boot().read().unwrap().default.unwrap();
+                    assert!(
+                        default.as_str().starts_with("1.0-reset-"),
+                        "system reset finished after {step}: {default}"
+                    );
+                    w.reboot();
+                }
+            }
+            data_intact(w);
+        }
+    }
 }
 
 fn pin_and_unpin(w: &mut dyn World) {
