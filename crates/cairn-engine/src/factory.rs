@@ -330,9 +330,7 @@ impl Engine {
                 let id = self.next_free(
                     &format!("{}-reset-", VersionId::from_version(&fversion)?),
                     |n| {
-                        Ok(VersionId::new(n)
-                            .map(|v| self.exists(&self.layout.root(&v)))
-                            .unwrap_or(Ok(true))?)
+                        VersionId::new(n).map(|v| self.exists(&self.layout.root(&v))).unwrap_or(Ok(true))
                     },
                 )?;
                 let id = VersionId::new(&id)?;
