@@ -21,7 +21,8 @@ Exit status:
   4  busy: another operation is running
   5  unknown version
   6  cairnd could not be reached
-  7  cancelled";
+  7  cancelled
+  8  confirmation required (a full factory reset needs --confirm ERASE-ALL-DATA)";
 
 /// Operate cairn, the appliance update manager: versions, installs, trials, rollback.
 #[derive(Parser, Debug)]
@@ -112,6 +113,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Reset to factory defaults: `config` (this version's config), `system` (a fresh
+    /// factory version, data kept), or `full` (also erases all customer data).
+    FactoryReset {
+        #[arg(value_parser = ["config", "system", "full"])]
+        mode: String,
+        /// Show exactly what would be done, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// For `full`: the confirmation token ERASE-ALL-DATA.
+        #[arg(long, default_value = "")]
+        confirm: String,
+    },
     /// Unmount what `mount` mounted.
     Unmount { path: PathBuf },
     /// Files changed in TO since FROM was installed.
@@ -170,6 +183,7 @@ fn classify(e: &anyhow::Error) -> Failure {
                 "Busy" => 4,
                 "UnknownVersion" => 5,
                 "Cancelled" => 7,
+                "ConfirmationRequired" => 8,
                 "ServiceUnknown" | "NoReply" | "NameHasNoOwner" => 6,
                 _ => 1,
             }
@@ -335,6 +349,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &id,
                 &format!("{id} is mounted read-only at {m}; `cairnctl unmount {m}` when done"),
             )
+        }
+        Command::FactoryReset {
+            mode,
+            dry_run,
+            confirm,
+        } => {
+            let text = p.factory_reset(&mode, &confirm, dry_run).await?;
+            if json {
+                println!("{text}");
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let verb = if dry_run { "would" } else { "did" };
+            for a in v["data"]["actions"].as_array().into_iter().flatten() {
+                println!("{verb} {}", a["what"].as_str().unwrap_or(""));
+            }
+            if dry_run {
+                println!("run without --dry-run to do it");
+            } else if mode != "config" {
+                println!(
+                    "reboot to start the factory version; the previous versions stay installed"
+                );
+            }
+            Ok(())
         }
         Command::Cleanup { dry_run } => {
             let text = p.cleanup(dry_run).await?;

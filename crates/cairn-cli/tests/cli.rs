@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use cairn_daemon::testbus::{Bus, start_bus};
-use cairn_daemon::{AuthPolicy, Shared, serve, serve_sim, sim_engine, sim_release_stream};
+use cairn_daemon::{AuthPolicy, Shared, serve, serve_sim, sim_release_stream};
 
 /// The service runs on its own runtime thread for the whole test.
 fn appliance(name: &str) -> (Bus, Arc<Shared>) {
@@ -18,8 +18,16 @@ fn appliance_with(
     name: &str,
     bundles: Option<cairn_bundle::install::Appliance>,
 ) -> (Bus, Arc<Shared>) {
+    appliance_full(name, bundles, false)
+}
+
+fn appliance_full(
+    name: &str,
+    bundles: Option<cairn_bundle::install::Appliance>,
+    factory: bool,
+) -> (Bus, Arc<Shared>) {
     let bus = start_bus(name);
-    let (engine, _m, host) = sim_engine().unwrap();
+    let (engine, _m, host) = cairn_daemon::sim_engine_with(factory).unwrap();
     let mut shared = Shared::new(
         engine,
         AuthPolicy {
@@ -471,4 +479,62 @@ fn install_signed_bundles() {
         &["install", "--force", b05.to_str().unwrap()],
     ));
     let _ = std::fs::remove_dir_all(keys);
+}
+
+#[test]
+fn factory_reset_from_the_cli() {
+    let (bus, shared) = appliance_full("factory", None, true);
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&cairnctl(&bus, &["status", "--json"]))).unwrap();
+    let states: Vec<_> = st["data"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(states.contains(&"factory".to_string()), "{states:?}");
+    let out = ok(&cairnctl(&bus, &["factory-reset", "system", "--dry-run"]));
+    assert!(
+        out.contains("would clone") && out.contains("would make the default 1.0-reset-1"),
+        "{out}"
+    );
+    assert_eq!(
+        shared.engine.versions().unwrap().len(),
+        2,
+        "dry run changed nothing"
+    );
+    let out = cairnctl(&bus, &["factory-reset", "full"]);
+    assert_eq!(code(&out), 8, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERASE-ALL-DATA"));
+    let out = ok(&cairnctl(&bus, &["factory-reset", "system"]));
+    assert!(out.contains("reboot to start the factory version"), "{out}");
+    assert_eq!(
+        shared
+            .engine
+            .boot()
+            .read()
+            .unwrap()
+            .default
+            .unwrap()
+            .as_str(),
+        "1.0-reset-1"
+    );
+    let out = ok(&cairnctl(
+        &bus,
+        &[
+            "factory-reset",
+            "full",
+            "--confirm",
+            "ERASE-ALL-DATA",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["data"]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["step"] == "erase-data")
+    );
 }

@@ -29,6 +29,7 @@ pub enum Error {
     Foreign(String),
     Cancelled(String),
     BadBundle(String),
+    ConfirmationRequired(String),
     InvalidArgument(String),
     Failed(String),
 }
@@ -51,6 +52,7 @@ impl From<EngineError> for Error {
             EngineError::NotBooted => Self::NotBooted(m),
             EngineError::Foreign { .. } => Self::Foreign(m),
             EngineError::Cancelled { .. } => Self::Cancelled(m),
+            EngineError::ConfirmationRequired { .. } => Self::ConfirmationRequired(m),
             EngineError::BadVersionId { .. } | EngineError::Layout { .. } => {
                 Self::InvalidArgument(m)
             }
@@ -116,6 +118,7 @@ pub trait Updater {
     fn mount(&self, id: &str, part: &str, at: &str) -> zbus::Result<String>;
     fn unmount(&self, at: &str) -> zbus::Result<()>;
     fn cleanup(&self, dry_run: bool) -> zbus::Result<String>;
+    fn factory_reset(&self, mode: &str, token: &str, dry_run: bool) -> zbus::Result<String>;
     #[zbus(signal)]
     fn expiry_notice(&self, id: &str, at: u64) -> zbus::Result<()>;
     #[zbus(property)]

@@ -80,6 +80,15 @@ pub fn real_engine(cfg: &RealConfig) -> anyhow::Result<(Arc<Engine>, service::Af
     Ok((engine, after))
 }
 
+/// The reset the GRUB recovery menu asked for (`cairn.reset=<mode>` on the kernel
+/// command line), if any.
+pub fn reset_requested(cmdline: &str) -> Option<cairn_engine::factory::ResetMode> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cairn.reset="))
+        .and_then(cairn_engine::factory::ResetMode::parse)
+}
+
 /// Serves the simulator's control object beside the manager (`cairnd --sim`).
 pub async fn serve_sim(
     conn: &zbus::Connection,
@@ -103,6 +112,14 @@ pub async fn serve_sim(
 /// A simulated appliance: an 8 GiB model pool laid out by cairn, version 1.0 installed
 /// and booted. `cairnd --sim` serves it so the CLI can be tried without ZFS or root.
 pub fn sim_engine() -> anyhow::Result<(Arc<Engine>, Arc<ZfsModel>, Arc<SimHost>)> {
+    sim_engine_with(false)
+}
+
+/// The simulated appliance; with `factory`, 1.0 comes from a factory baseline (so factory
+/// resets can be tried), otherwise it is installed directly.
+pub fn sim_engine_with(
+    factory: bool,
+) -> anyhow::Result<(Arc<Engine>, Arc<ZfsModel>, Arc<SimHost>)> {
     let model = Arc::new(ZfsModel::new());
     let pool = PoolName::new("rpool")?;
     model.create_pool(&pool, 8 << 30)?;
@@ -122,7 +139,17 @@ pub fn sim_engine() -> anyhow::Result<(Arc<Engine>, Arc<ZfsModel>, Arc<SimHost>)
     ));
     engine.init("sim")?;
     let stream = sim_release_stream(&model, "1.0")?;
-    let v1 = engine.install_first("1.0", &mut stream.as_slice(), "sim")?;
+    let v1 = if factory {
+        let mut defaults = |d: &std::path::Path| std::fs::write(d.join("app.conf"), "schema=1\n");
+        engine.provision_factory(
+            "1.0",
+            cairn_engine::Payload::FullStream(&mut stream.as_slice()),
+            Some(&mut defaults),
+            "sim",
+        )?
+    } else {
+        engine.install_first("1.0", &mut stream.as_slice(), "sim")?
+    };
     host.set_booted(&v1, BootKind::Normal);
     engine.reconcile("sim")?;
     Ok((engine, model, host))
@@ -151,4 +178,23 @@ pub fn sim_release_stream(model: &ZfsModel, version: &str) -> anyhow::Result<Vec
     let mut out = Vec::new();
     model.send(&SendRequest::full(snap), &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_engine::factory::ResetMode;
+
+    #[test]
+    fn reset_flag_from_the_kernel_command_line() {
+        assert_eq!(
+            super::reset_requested("root=ZFS=p/ROOT/1 cairn.reset=full quiet"),
+            Some(ResetMode::Full)
+        );
+        assert_eq!(
+            super::reset_requested("cairn.reset=config"),
+            Some(ResetMode::Config)
+        );
+        assert_eq!(super::reset_requested("cairn.reset=bogus"), None);
+        assert_eq!(super::reset_requested("root=ZFS=p/ROOT/1"), None);
+    }
 }

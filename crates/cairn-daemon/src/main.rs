@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use cairn_daemon::{
-    AuthPolicy, RealConfig, Shared, real_engine, serve, serve_sim, sim_engine, sim_release_stream,
+    AuthPolicy, RealConfig, Shared, real_engine, serve, serve_sim, sim_release_stream,
 };
 use clap::{Parser, Subcommand};
 
@@ -13,6 +13,9 @@ struct Args {
     /// Serve a simulated appliance (in-memory ZFS) instead of the real one.
     #[arg(long)]
     sim: bool,
+    /// With --sim: provision the simulated appliance from a factory baseline.
+    #[arg(long, requires = "sim")]
+    sim_factory: bool,
     /// Bus address to serve on (default: the system bus; with --sim, the session bus).
     #[arg(long, env = "CAIRN_BUS_ADDRESS")]
     address: Option<String>,
@@ -55,6 +58,9 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Early boot: carry out the factory reset the GRUB recovery menu asked for
+    /// (`cairn.reset=<mode>` on the kernel command line), before data is mounted.
+    ResetFromCmdline,
     /// Write a release stream the simulator accepts (`cairnctl install --version V FILE`).
     SimRelease {
         version: String,
@@ -77,6 +83,18 @@ fn init_logging() {
     }
 }
 
+fn real_config(args: &Args) -> RealConfig {
+    RealConfig {
+        layout: args.layout.clone(),
+        grubenv: args.grubenv.clone(),
+        grub_dir: args.grub_dir.clone(),
+        env_label: args.env_label.clone(),
+        product: args.product.clone(),
+        cmdline: args.cmdline.clone(),
+        work: std::path::PathBuf::from("/run/cairn"),
+    }
+}
+
 fn gid_of(group: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
@@ -91,6 +109,29 @@ fn gid_of(group: &str) -> Option<u32> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
+    if let Some(Cmd::ResetFromCmdline) = &args.command {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+        let Some(mode) = cairn_daemon::reset_requested(&cmdline) else {
+            tracing::info!("no factory reset requested");
+            return Ok(());
+        };
+        let cfg = real_config(&args);
+        let (engine, after) = real_engine(&cfg)?;
+        engine.reconcile("boot")?;
+        // The menu's confirmation submenu was the operator's confirmation.
+        let token = cairn_engine::factory::FULL_RESET_TOKEN;
+        let actions = engine.factory_reset(mode, token, false, "grub-menu")?;
+        for a in &actions {
+            tracing::warn!(step = %a.step, action = %a.what, "factory reset");
+        }
+        after(&engine);
+        println!(
+            "factory reset ({}) done: {} steps",
+            mode.as_str(),
+            actions.len()
+        );
+        return Ok(());
+    }
     if let Some(Cmd::SimRelease { version, output }) = &args.command {
         let model = cairn_zfs::model::ZfsModel::new();
         let bytes = sim_release_stream(&model, version)?;
@@ -107,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => cairn_engine::retention::Policy::default(),
     };
     let (shared, sim_host) = if args.sim {
-        let (engine, _model, host) = sim_engine()?;
+        let (engine, _model, host) = cairn_daemon::sim_engine_with(args.sim_factory)?;
         let policy = AuthPolicy {
             admin_gid,
             extra_uid: own_uid,
@@ -115,16 +156,7 @@ async fn main() -> anyhow::Result<()> {
         };
         (Shared::new(engine, policy), Some(host))
     } else {
-        let cfg = RealConfig {
-            layout: args.layout.clone(),
-            grubenv: args.grubenv.clone(),
-            grub_dir: args.grub_dir.clone(),
-            env_label: args.env_label.clone(),
-            product: args.product.clone(),
-            cmdline: args.cmdline.clone(),
-            work: std::path::PathBuf::from("/run/cairn"),
-        };
-        let (engine, after) = real_engine(&cfg)?;
+        let (engine, after) = real_engine(&real_config(&args))?;
         // Finish or undo what a crash interrupted, and record this boot, before serving.
         let e = engine.clone();
         let report = tokio::task::spawn_blocking(move || e.reconcile("cairnd")).await??;

@@ -465,6 +465,35 @@ impl Updater {
         .await
     }
 
+    /// Factory reset: `mode` is `config`, `system` or `full` (which needs the token
+    /// `ERASE-ALL-DATA`). Returns the actions as JSON; with `dry_run` nothing changes.
+    async fn factory_reset(
+        &self,
+        mode: &str,
+        token: String,
+        dry_run: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<String, Error> {
+        let m = cairn_engine::factory::ResetMode::parse(mode).ok_or_else(|| {
+            Error::InvalidArgument(format!("mode '{mode}': use config, system or full"))
+        })?;
+        let actions = self
+            .mutate(
+                &hdr,
+                conn,
+                &emitter,
+                "reset to factory defaults",
+                move |e, by| e.factory_reset(m, &token, dry_run, by),
+            )
+            .await?;
+        Ok(json(
+            "factory-reset",
+            &serde_json::json!({"mode": mode, "dry_run": dry_run, "actions": actions}),
+        ))
+    }
+
     /// Runs retention: the plan as JSON; with `dry_run` nothing changes. Versions in
     /// their grace period are announced with `ExpiryNotice`.
     async fn cleanup(

@@ -301,6 +301,7 @@ async fn one_mutating_job_at_a_time_and_cancel_undoes() {
     );
     busy(p.activate("1.0", "permanent", 0, false).await.unwrap_err());
     busy(p.rollback(1).await.unwrap_err());
+    busy(p.factory_reset("system", "", false).await.unwrap_err());
     assert!(
         status(&p).await["data"]["job"]
             .as_str()
@@ -373,6 +374,7 @@ async fn every_mutating_method_refuses_a_caller_who_is_not_admin() {
     denied(p.mount("1.0", "root", "/tmp/x").await.unwrap_err());
     denied(p.unmount("/tmp/x").await.unwrap_err());
     denied(p.cleanup(false).await.unwrap_err());
+    denied(p.factory_reset("config", "", false).await.unwrap_err());
     // A dry run changes nothing, so anyone may look.
     p.cleanup(true).await.unwrap();
     // Read-only calls stay open to everyone.

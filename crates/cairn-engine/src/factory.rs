@@ -330,7 +330,9 @@ impl Engine {
                 let id = self.next_free(
                     &format!("{}-reset-", VersionId::from_version(&fversion)?),
                     |n| {
-                        VersionId::new(n).map(|v| self.exists(&self.layout.root(&v))).unwrap_or(Ok(true))
+                        VersionId::new(n)
+                            .map(|v| self.exists(&self.layout.root(&v)))
+                            .unwrap_or(Ok(true))
                     },
                 )?;
                 let id = VersionId::new(&id)?;
