@@ -467,6 +467,11 @@ impl Engine {
         self.host.journal_append(&line)
     }
 
+    /// Records a one-step event in the journal (support exports, grants).
+    pub fn record_event(&self, op: &str, by: &str, target: &str, result: &str) -> Result<()> {
+        self.journal(op, by, target, vec![op.to_owned()], result)
+    }
+
     /// The journal, oldest first. Lines that do not parse are skipped (and logged).
     pub fn journal_entries(&self) -> Result<Vec<JournalEntry>> {
         Ok(self
