@@ -23,6 +23,31 @@ enum Top {
     /// Update bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Support archives exported by appliances.
+    #[command(subcommand)]
+    Support(SupportCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SupportCmd {
+    /// Verify an archive against the appliance's public key and list it (no ZFS needed).
+    Inspect {
+        archive: PathBuf,
+        /// The appliance's support key (`support.pub`).
+        #[arg(long)]
+        pubkey: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify, then receive the streams into a lab pool dataset, read-only.
+    Import {
+        archive: PathBuf,
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Dataset to receive under (e.g. `lab/box-42`); created if missing.
+        #[arg(long)]
+        into: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,7 +138,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Top::Bundle(cmd) = cli.command;
+    let cmd = match cli.command {
+        Top::Bundle(cmd) => cmd,
+        Top::Support(cmd) => return support(cmd),
+    };
     match cmd {
         BundleCmd::Build {
             template,
@@ -323,6 +351,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for h in &m.migrations {
                     println!("migration: {h}");
                 }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn support(cmd: SupportCmd) -> anyhow::Result<()> {
+    let key = |p: &PathBuf| -> anyhow::Result<_> { Ok(public_key(&std::fs::read_to_string(p)?)?) };
+    match cmd {
+        SupportCmd::Inspect {
+            archive,
+            pubkey,
+            json,
+        } => {
+            let f = std::fs::File::open(&archive)
+                .with_context(|| format!("opening {}", archive.display()))?;
+            let m = cairn_support::inspect(BufReader::new(f), &key(&pubkey)?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"schema": "cairn/1", "kind": "support-archive", "data": m})
+                );
+            } else {
+                println!(
+                    "appliance: {} (pool {}), cairn {}",
+                    m.appliance, m.pool, m.cairn_version
+                );
+                println!(
+                    "versions:  {}; config {}; data {}",
+                    m.versions.join(", "),
+                    m.config,
+                    m.data
+                );
+                for p in &m.parts {
+                    println!(
+                        "  {:<40} {:<16} {:>12} bytes  {}",
+                        p.name,
+                        p.kind,
+                        p.size,
+                        p.from.as_deref().unwrap_or("")
+                    );
+                }
+                println!("signature and all {} parts verified", m.parts.len());
+            }
+            Ok(())
+        }
+        SupportCmd::Import {
+            archive,
+            pubkey,
+            into,
+        } => {
+            let zfs = cairn_zfs::cli::ZfsCli::new()?;
+            let lab = cairn_zfs::DatasetName::new(into)?;
+            use cairn_zfs::Zfs;
+            if zfs
+                .get(&(&lab).into(), &[cairn_zfs::PropName::native("type")])
+                .is_err()
+            {
+                zfs.create(
+                    &lab,
+                    &cairn_zfs::CreateOptions {
+                        parents: true,
+                        props: vec![],
+                    },
+                )?;
+            }
+            let got = cairn_support::import(&zfs, &lab, &archive, &key(&pubkey)?)?;
+            for s in got {
+                println!("received {s}");
             }
             Ok(())
         }

@@ -761,4 +761,50 @@ mod install {
         );
         assert_eq!(names(&w), before);
     }
+
+    #[test]
+    fn vendor_inspects_a_support_archive() {
+        let d = tmp("support");
+        let (p, s) = keypair(&d.0, "appliance");
+        let w = appliance();
+        let mut out = Vec::new();
+        let req = cairn_support::ExportRequest {
+            versions: vec![cairn_engine::VersionId::new("1.0").unwrap()],
+            config: true,
+            data: false,
+        };
+        cairn_support::export(
+            w.engine(),
+            &req,
+            "box-7",
+            &std::fs::read_to_string(&s).unwrap(),
+            &mut out,
+            "t",
+        )
+        .unwrap();
+        let a = d.0.join("box.support");
+        std::fs::write(&a, &out).unwrap();
+        let text = ok(cairn(&[
+            "support",
+            "inspect",
+            a.to_str().unwrap(),
+            "--pubkey",
+            p.to_str().unwrap(),
+        ]));
+        assert!(
+            text.contains("appliance: box-7") && text.contains("verified"),
+            "{text}"
+        );
+        let last = out.len() - 10;
+        out[last] ^= 1;
+        std::fs::write(&a, &out).unwrap();
+        let bad = cairn(&[
+            "support",
+            "inspect",
+            a.to_str().unwrap(),
+            "--pubkey",
+            p.to_str().unwrap(),
+        ]);
+        assert!(!bad.status.success(), "a tampered archive is refused");
+    }
 }

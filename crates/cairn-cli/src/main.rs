@@ -125,6 +125,9 @@ enum Command {
         #[arg(long, default_value = "")]
         confirm: String,
     },
+    /// Support: export signed archives for the vendor, manage time-limited pull grants.
+    #[command(subcommand)]
+    Support(SupportCmd),
     /// Unmount what `mount` mounted.
     Unmount { path: PathBuf },
     /// Files changed in TO since FROM was installed.
@@ -148,6 +151,41 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Write man pages into DIR.
     Man { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum SupportCmd {
+    /// Write a signed archive of versions (root; --config and --data are opt-in).
+    Export {
+        /// Versions to include (repeat); default: the running one.
+        #[arg(long = "version")]
+        versions: Vec<String>,
+        #[arg(long)]
+        config: bool,
+        #[arg(long)]
+        data: bool,
+        /// Where to write the archive; - for stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+    },
+    /// Let an SSH key pull an export (and nothing else) until the grant expires.
+    Grant {
+        /// The vendor's SSH public key (the line, or a file holding it).
+        #[arg(long)]
+        key: String,
+        /// How long: e.g. 24h, 3d.
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        #[arg(long, default_value = "/etc/cairn/support/authorized_keys")]
+        file: PathBuf,
+    },
+    /// Withdraw a grant.
+    Revoke {
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "/etc/cairn/support/authorized_keys")]
+        file: PathBuf,
+    },
 }
 
 /// An error with the exit status it maps to.
@@ -240,6 +278,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Man { dir } => return write_man(dir),
         _ => {}
+    }
+    // Grants are local files sshd reads: no daemon involved.
+    if let Command::Support(SupportCmd::Grant { key, expires, file }) = &cli.command {
+        return grant(key, expires, file);
+    }
+    if let Command::Support(SupportCmd::Revoke { key, file }) = &cli.command {
+        let key = key_text(key)?;
+        let had = cairn_support::grant::revoke(file, &key).map_err(|e| fail(1, e.to_string()))?;
+        println!(
+            "{}",
+            if had {
+                "grant revoked"
+            } else {
+                "there was no grant for that key"
+            }
+        );
+        return Ok(());
     }
     let conn = connect(cli.address.as_deref()).await?;
     let p = UpdaterProxy::new(&conn).await?;
@@ -374,6 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Support(cmd) => support(&p, cmd, json).await,
         Command::Cleanup { dry_run } => {
             let text = p.cleanup(dry_run).await?;
             if json {
@@ -732,4 +788,91 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+fn key_text(key: &str) -> anyhow::Result<String> {
+    Ok(if std::path::Path::new(key).is_file() {
+        std::fs::read_to_string(key)?.trim().to_owned()
+    } else {
+        key.to_owned()
+    })
+}
+
+fn grant(key: &str, expires: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let (n, unit) = expires.split_at(expires.len().saturating_sub(1));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| fail(2, format!("--expires {expires}: use e.g. 24h or 3d")))?;
+    let secs = match unit {
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "m" => n * 60,
+        _ => return Err(fail(2, format!("--expires {expires}: use e.g. 24h or 3d"))),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    cairn_support::grant::add(
+        file,
+        &key_text(key)?,
+        now + secs,
+        "/usr/bin/cairnctl support export --version running",
+    )
+    .map_err(|e| fail(1, e.to_string()))?;
+    println!(
+        "granted until {} (UTC); `cairnctl support revoke --key ...` ends it sooner",
+        cairn_daemon::date(now + secs)
+    );
+    Ok(())
+}
+
+async fn support(p: &UpdaterProxy<'_>, cmd: SupportCmd, json: bool) -> anyhow::Result<()> {
+    let SupportCmd::Export {
+        versions,
+        config,
+        data,
+        output,
+    } = cmd
+    else {
+        unreachable!("grants are local")
+    };
+    let status: serde_json::Value = serde_json::from_str(&p.get_status().await?)?;
+    let running = status["data"]["booted"]["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let versions: Vec<String> = if versions.is_empty() || versions == ["running"] {
+        vec![running]
+    } else {
+        versions
+    };
+    let refs: Vec<&str> = versions.iter().map(String::as_str).collect();
+    let (fd, to_stdout): (std::os::fd::OwnedFd, bool) = if output.as_os_str() == "-" {
+        (std::io::stdout().as_fd().try_clone_to_owned()?, true)
+    } else {
+        (
+            std::fs::File::create(&output)
+                .with_context(|| format!("creating {}", output.display()))?
+                .into(),
+            false,
+        )
+    };
+    let text = p
+        .support_export(zbus::Fd::from(&fd), &refs, config, data)
+        .await?;
+    drop(fd);
+    if json && !to_stdout {
+        println!("{text}");
+    } else if !to_stdout {
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let parts = v["data"]["parts"].as_array().map(Vec::len).unwrap_or(0);
+        println!(
+            "wrote {} ({parts} parts, signed); the vendor checks it with `cairn support inspect`",
+            output.display()
+        );
+    }
+    Ok(())
 }

@@ -26,6 +26,15 @@ fn appliance_full(
     bundles: Option<cairn_bundle::install::Appliance>,
     factory: bool,
 ) -> (Bus, Arc<Shared>) {
+    appliance_keyed(name, bundles, factory, None)
+}
+
+fn appliance_keyed(
+    name: &str,
+    bundles: Option<cairn_bundle::install::Appliance>,
+    factory: bool,
+    support_key: Option<String>,
+) -> (Bus, Arc<Shared>) {
     let bus = start_bus(name);
     let (engine, _m, host) = cairn_daemon::sim_engine_with(factory).unwrap();
     let mut shared = Shared::new(
@@ -38,6 +47,9 @@ fn appliance_full(
     );
     if let Some(b) = bundles {
         shared = shared.with_bundles(b);
+    }
+    if let Some(k) = support_key {
+        shared = shared.with_support_key("box-42".into(), k);
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let address = bus.address.clone();
@@ -536,5 +548,94 @@ fn factory_reset_from_the_cli() {
             .unwrap()
             .iter()
             .any(|a| a["step"] == "erase-data")
+    );
+}
+
+#[test]
+fn support_export_and_grants() {
+    let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let sk = kp.sk.to_box(None).unwrap().to_string();
+    let pk = minisign_verify::PublicKey::from_base64(&kp.pk.to_base64()).unwrap();
+    let (bus, _shared) = appliance_keyed("support", None, true, Some(sk));
+    let out = bus.dir.join("box.support");
+    let text = ok(&cairnctl(
+        &bus,
+        &["support", "export", "--config", "-o", out.to_str().unwrap()],
+    ));
+    assert!(text.contains("parts, signed"), "{text}");
+    let m = cairn_support::inspect(
+        std::io::BufReader::new(std::fs::File::open(&out).unwrap()),
+        &pk,
+    )
+    .unwrap();
+    assert_eq!(m.appliance, "box-42");
+    assert_eq!(m.versions, ["1.0"], "the running version by default");
+    assert!(m.config && !m.data);
+    assert!(
+        m.parts.iter().any(|p| p.kind == "zfs-incremental"),
+        "1.0 as an increment on the factory baseline"
+    );
+    // Grants: added with an expiry sshd enforces, revoked on request.
+    let keys = bus.dir.join("authorized_keys");
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeLBLWDK6ZcZ0vZyZ2Jr0hC7P3xF8y2W0Zb6cE4sKqE vendor";
+    let out = ok(&cairnctl(
+        &bus,
+        &[
+            "support",
+            "grant",
+            "--key",
+            key,
+            "--expires",
+            "24h",
+            "--file",
+            keys.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("granted until"), "{out}");
+    let line = std::fs::read_to_string(&keys).unwrap();
+    assert!(
+        line.contains("restrict,command=") && line.contains("expiry-time="),
+        "{line}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    cairn_support::grant::check(&keys, key, now).unwrap();
+    assert!(
+        cairn_support::grant::check(&keys, key, now + 2 * 86_400).is_err(),
+        "expired after 24h"
+    );
+    ok(&cairnctl(
+        &bus,
+        &[
+            "support",
+            "revoke",
+            "--key",
+            key,
+            "--file",
+            keys.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        cairn_support::grant::check(&keys, key, now).is_err(),
+        "revoked"
+    );
+    assert_eq!(
+        code(&cairnctl(
+            &bus,
+            &[
+                "support",
+                "grant",
+                "--key",
+                key,
+                "--expires",
+                "soon",
+                "--file",
+                keys.to_str().unwrap()
+            ]
+        )),
+        2
     );
 }

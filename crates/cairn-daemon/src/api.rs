@@ -118,6 +118,13 @@ pub trait Updater {
     fn mount(&self, id: &str, part: &str, at: &str) -> zbus::Result<String>;
     fn unmount(&self, at: &str) -> zbus::Result<()>;
     fn cleanup(&self, dry_run: bool) -> zbus::Result<String>;
+    fn support_export(
+        &self,
+        out: zbus::Fd<'_>,
+        versions: &[&str],
+        config: bool,
+        data: bool,
+    ) -> zbus::Result<String>;
     fn factory_reset(&self, mode: &str, token: &str, dry_run: bool) -> zbus::Result<String>;
     #[zbus(signal)]
     fn expiry_notice(&self, id: &str, at: u64) -> zbus::Result<()>;

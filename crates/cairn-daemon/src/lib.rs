@@ -80,6 +80,42 @@ pub fn real_engine(cfg: &RealConfig) -> anyhow::Result<(Arc<Engine>, service::Af
     Ok((engine, after))
 }
 
+/// The appliance's support signing key (minisign, unencrypted): read from `key`, or
+/// made and stored there (mode 0600, public half beside it as `.pub`) the first time.
+pub fn support_key(key: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if let Ok(text) = std::fs::read_to_string(key) {
+        return Ok(text);
+    }
+    let kp =
+        minisign::KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sk = kp
+        .sk
+        .to_box(Some("cairn appliance support key"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    let pk = kp
+        .pk
+        .to_box()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    if let Some(dir) = key.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key)
+        .and_then(|mut f| f.write_all(sk.as_bytes()))
+        .with_context(|| format!("writing {}", key.display()))?;
+    std::fs::write(key.with_extension("pub"), pk)
+        .with_context(|| format!("writing {}.pub", key.display()))?;
+    Ok(sk)
+}
+
 /// The reset the GRUB recovery menu asked for (`cairn.reset=<mode>` on the kernel
 /// command line), if any.
 pub fn reset_requested(cmdline: &str) -> Option<cairn_engine::factory::ResetMode> {

@@ -49,6 +49,12 @@ struct Args {
     /// This appliance's hardware id, as bundles list it.
     #[arg(long, default_value = "demo-x86")]
     hardware_id: String,
+    /// The appliance's support signing key (made on first use); its `.pub` goes to the vendor.
+    #[arg(long, default_value = "/etc/cairn/support.key")]
+    support_key: std::path::PathBuf,
+    /// This appliance's name in support archives (default: the host name).
+    #[arg(long)]
+    appliance_name: Option<String>,
     /// The retention policy (defaults apply when the file is missing).
     #[arg(long, default_value = "/etc/cairn/retention.yaml")]
     retention: std::path::PathBuf,
@@ -172,6 +178,18 @@ async fn main() -> anyhow::Result<()> {
         (Shared::new(engine, policy).with_after_change(after), None)
     };
     let shared = shared.with_retention(retention);
+    let name = args.appliance_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "appliance".into())
+    });
+    let shared = match cairn_daemon::support_key(&args.support_key) {
+        Ok(k) => shared.with_support_key(name, k),
+        Err(e) => {
+            tracing::warn!(error = %e, "no support key: support export is unavailable");
+            shared
+        }
+    };
     let keys: Vec<_> = std::fs::read_dir(&args.keys_dir)
         .into_iter()
         .flatten()

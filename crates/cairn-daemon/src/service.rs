@@ -29,6 +29,8 @@ pub type AfterChange = Arc<dyn Fn(&Engine) + Send + Sync>;
 /// What the manager and its jobs share.
 pub struct Shared {
     pub engine: Arc<Engine>,
+    /// This appliance's name and minisign secret key for support archives.
+    pub support: Option<(String, String)>,
     /// Where bundles are accepted from (vendor keys, product, hardware); none: refused.
     pub bundles: Option<cairn_bundle::install::Appliance>,
     pub policy: AuthPolicy,
@@ -54,6 +56,7 @@ impl Shared {
     pub fn new(engine: Arc<Engine>, policy: AuthPolicy) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            support: None,
             bundles: None,
             policy,
             retention: cairn_engine::retention::Policy::default(),
@@ -61,6 +64,12 @@ impl Shared {
             next_job: AtomicU64::new(1),
             after_change: None,
         })
+    }
+
+    pub fn with_support_key(self: Arc<Self>, appliance: String, secret_key: String) -> Arc<Self> {
+        let mut s = Arc::into_inner(self).expect("configure before serving");
+        s.support = Some((appliance, secret_key));
+        Arc::new(s)
     }
 
     pub fn with_bundles(self: Arc<Self>, app: cairn_bundle::install::Appliance) -> Arc<Self> {
@@ -492,6 +501,50 @@ impl Updater {
             "factory-reset",
             &serde_json::json!({"mode": mode, "dry_run": dry_run, "actions": actions}),
         ))
+    }
+
+    /// Writes a signed support archive of `versions` (root; config and data only when
+    /// asked) into the file descriptor `out`; returns its manifest as JSON.
+    async fn support_export(
+        &self,
+        out: zbus::OwnedFd,
+        versions: Vec<String>,
+        config: bool,
+        data: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<String, Error> {
+        let (appliance, key) = self
+            .shared
+            .support
+            .clone()
+            .ok_or_else(|| Error::Failed("no support key is configured here".into()))?;
+        let ids = versions
+            .iter()
+            .map(|v| id(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(out));
+        let m = self
+            .mutate(&hdr, conn, &emitter, "export for support", move |e, by| {
+                let req = cairn_support::ExportRequest {
+                    versions: ids,
+                    config,
+                    data,
+                };
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+                cairn_support::export(e, &req, &appliance, &key, &mut w, by).map_err(
+                    |err| match err {
+                        cairn_support::SupportError::Engine(e) => e,
+                        other => cairn_engine::EngineError::Io {
+                            what: "support export".into(),
+                            source: std::io::Error::other(other.to_string()),
+                        },
+                    },
+                )
+            })
+            .await?;
+        Ok(json("support-export", &m))
     }
 
     /// Runs retention: the plan as JSON; with `dry_run` nothing changes. Versions in

@@ -314,8 +314,7 @@ pub fn export(
             parts,
         };
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        let sig = cairn_bundle::sign(&text, secret_key, None)
-            .map_err(|e| SupportError::Signing(e.to_string()))?;
+        let sig = cairn_sign::sign(&text, secret_key, None).map_err(SupportError::Signing)?;
         writeln!(out, "manifest {}", text.len()).map_err(io("writing the archive"))?;
         out.write_all(&text).map_err(io("writing the archive"))?;
         writeln!(out, "signature {}", sig.len()).map_err(io("writing the archive"))?;
