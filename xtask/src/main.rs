@@ -20,6 +20,8 @@ tasks:
                         (TCG) and run them against real OpenZFS
       --filter <text>   only tests whose name contains <text>
       --timeout <secs>  kill the guest after this long (default 2400)
+  bench                 benchmarks: cairn vs raw zfs in the guest, the pure cores
+                        on the host, cairnd's idle memory; writes docs/bench.md
   capture-fixtures      run zfs/zpool in the guest and store their scripted
                         output under crates/cairn-zfs/fixtures/
   host-deps             install the host packages the VM tasks need (root)
@@ -62,6 +64,7 @@ fn run() -> Result<()> {
             vm::test(opt("--filter"), timeout)
         }
         "capture-fixtures" => vm::capture_fixtures(),
+        "bench" => vm::bench(),
         "host-deps" => vm::host_deps(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -282,6 +282,11 @@ fn work_dir(name: &str) -> Result<PathBuf> {
 
 /// Builds every `*_real` test target and returns (target name, executable).
 fn real_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    test_binaries("_real")
+}
+
+/// Builds the test targets whose name ends in `suffix`.
+fn test_binaries(suffix: &str) -> Result<Vec<(String, PathBuf)>> {
     let out = output(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
@@ -296,12 +301,12 @@ fn real_test_binaries() -> Result<Vec<(String, PathBuf)>> {
         let name = field(line, "\"target\":{", "\"name\":\"");
         let exe = field(line, "", "\"executable\":\"");
         if let (Some(name), Some(exe)) = (name, exe)
-            && name.ends_with("_real")
+            && name.ends_with(suffix)
         {
             bins.push((name, PathBuf::from(exe)));
         }
     }
-    ensure!(!bins.is_empty(), "no *_real test targets were built");
+    ensure!(!bins.is_empty(), "no *{suffix} test targets were built");
     bins.sort();
     Ok(bins)
 }
@@ -466,4 +471,102 @@ pub fn capture_fixtures() -> Result<()> {
     ensure!(written > 0, "the guest produced no fixtures");
     println!("wrote {written} fixtures to {}", dest.display());
     Ok(())
+}
+
+/// `cargo xtask bench`: the real-ZFS benchmarks in the guest, the host-side benchmarks of
+/// the pure cores, and cairnd's idle memory; the table goes to `docs/bench.md`.
+pub fn bench() -> Result<()> {
+    let guest = image()?;
+    let bins = test_binaries("_zfs")?;
+    let work = work_dir("bench")?;
+    let payload = work.join("payload");
+    std::fs::create_dir_all(payload.join("bins"))?;
+    let mut script = GUEST_PRELUDE.to_owned();
+    for (name, exe) in &bins {
+        std::fs::copy(exe, payload.join("bins").join(name))?;
+        script.push_str(&format!(
+            "( cd /scratch && CAIRN_SCRATCH=/scratch /payload/bins/{name} 2>&1 ) | tee -a $R\n"
+        ));
+    }
+    script.push_str("finish\n");
+    write_exec(&payload.join("run"), &script)?;
+    let outcome = boot(&guest, &payload, &work, Duration::from_secs(3600))?;
+    let guest_info: Vec<&str> = outcome
+        .results
+        .lines()
+        .filter_map(|l| l.strip_prefix("CAIRN-INFO "))
+        .collect();
+    let table: Vec<&str> = outcome
+        .results
+        .lines()
+        .skip_while(|l| *l != "CAIRN-BENCH-BEGIN")
+        .skip(1)
+        .take_while(|l| *l != "CAIRN-BENCH-END")
+        .collect();
+    ensure!(
+        !table.is_empty(),
+        "the guest printed no benchmark table; see target/vm/bench/serial.log"
+    );
+    let host = output(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args([
+                "bench",
+                "-q",
+                "-p",
+                "cairn-grub",
+                "--bench",
+                "menu_and_planner",
+            ]),
+    )?;
+    let rss = cairnd_idle_rss().unwrap_or_else(|e| format!("not measured: {e:#}"));
+    let doc = format!(
+        "# cairn benchmarks\n\nMade by `cargo xtask bench` on {date}; 2 cores, QEMU TCG guest ({guest}).\nEach figure is measured side by side in one run; none is a test assertion.\n\n## On real OpenZFS (guest)\n\n{table}\n\n## Pure cores (host, release build)\n\n{host}\n## cairnd\n\n| measurement | value |\n|---|---|\n| idle RSS of `cairnd --sim` (debug build, target <= 10 MiB) | {rss} |\n",
+        date = output(Command::new("date").args(["-u", "+%F"]))?.trim(),
+        guest = guest_info.join("; "),
+        table = table.join("\n"),
+        host = host.trim_end().to_owned() + "\n",
+    );
+    std::fs::create_dir_all(root().join("docs"))?;
+    std::fs::write(root().join("docs/bench.md"), &doc)?;
+    println!("{doc}");
+    Ok(())
+}
+
+/// Starts a private bus and `cairnd --sim`, waits for it to settle, reads its VmRSS.
+fn cairnd_idle_rss() -> Result<String> {
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args(["build", "-q", "-p", "cairn-daemon", "--bin", "cairnd"]),
+    )?;
+    let out = output(Command::new("dbus-daemon").args([
+        "--session",
+        "--fork",
+        "--print-address=1",
+        "--print-pid=1",
+    ]))?;
+    let mut lines = out.lines();
+    let address = lines.next().context("bus address")?.to_owned();
+    let bus_pid = lines.next().context("bus pid")?.trim().to_owned();
+    let mut child = Command::new(root().join("target/debug/cairnd"))
+        .args([
+            "--sim",
+            "--address",
+            &address,
+            "--support-key",
+            "/nonexistent/dir/key",
+        ])
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("kill").arg(&bus_pid).status();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(rss.trim_start_matches("VmRSS:").trim().to_owned())
 }
