@@ -49,10 +49,63 @@ fn io_err(e: BundleError) -> std::io::Error {
 /// Verifies and stages the bundle in `file`; returns the new version's id.
 pub fn install(
     engine: &Engine,
-    mut file: std::fs::File,
+    file: std::fs::File,
     app: &Appliance,
     force: bool,
     by: &str,
+) -> Result<VersionId, InstallError> {
+    with_bundle(
+        engine,
+        file,
+        app,
+        force,
+        &mut |m, payload, defaults, digest| {
+            engine.stage(
+                StageRequest {
+                    version: m.version.clone(),
+                    payload,
+                    size_hint: m.payloads.iter().map(|p| p.size).sum(),
+                    migrations: m.migrations.clone(),
+                    migration_timeout: Duration::from_secs(300),
+                    bundle: Some(digest),
+                    allow_downgrade: force,
+                    defaults,
+                },
+                by,
+            )
+        },
+    )
+}
+
+/// Provisioning: writes the factory baseline from a bundle (its root, and its config
+/// payload as the factory configuration) and creates the first version as a clone of it.
+pub fn provision(
+    engine: &Engine,
+    file: std::fs::File,
+    app: &Appliance,
+    by: &str,
+) -> Result<VersionId, InstallError> {
+    with_bundle(engine, file, app, true, &mut |m, payload, defaults, _| {
+        engine.provision_factory(&m.version, payload, defaults, by)
+    })
+}
+
+type Stager<'s> = dyn for<'x> FnMut(
+        &crate::Manifest,
+        Payload<'x>,
+        Option<&'x mut cairn_engine::TreeWriter<'x>>,
+        String,
+    ) -> Result<VersionId, EngineError>
+    + 's;
+
+/// Verifies the bundle, then hands its root as a payload (and its config payload as a
+/// tree writer) to `stage`.
+fn with_bundle(
+    engine: &Engine,
+    mut file: std::fs::File,
+    app: &Appliance,
+    force: bool,
+    stage: &mut Stager<'_>,
 ) -> Result<VersionId, InstallError> {
     let running = engine
         .versions()?
@@ -88,7 +141,6 @@ pub fn install(
         .ok_or_else(|| {
             BundleError::BadManifest("the first payload must be the root ('root')".into())
         })?;
-    let size_hint = manifest.payloads.iter().map(|p| p.size).sum();
     let allow = manifest.allow_devices;
     let shared = Mutex::new(r);
     let mut stream = Shared(&shared);
@@ -130,22 +182,15 @@ pub fn install(
             .into());
         }
     };
-    let id = engine.stage(
-        StageRequest {
-            version: manifest.version.clone(),
-            payload,
-            size_hint,
-            migrations: manifest.migrations.clone(),
-            migration_timeout: Duration::from_secs(300),
-            bundle: Some(digest),
-            allow_downgrade: force,
-            defaults: if has_defaults {
-                Some(&mut defaults)
-            } else {
-                None
-            },
+    let id = stage(
+        &manifest,
+        payload,
+        if has_defaults {
+            Some(&mut defaults)
+        } else {
+            None
         },
-        by,
+        digest,
     )?;
     Ok(id)
 }

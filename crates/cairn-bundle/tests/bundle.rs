@@ -807,4 +807,62 @@ mod install {
         ]);
         assert!(!bad.status.success(), "a tampered archive is refused");
     }
+
+    #[test]
+    fn provisioning_builds_the_factory_baseline_from_a_bundle() {
+        let d = tmp("provision");
+        let (p, s) = keypair(&d.0, "vendor");
+        let root = rootfs(&d.0);
+        let cfg = d.0.join("cfg");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("app.conf"), "schema=1\n").unwrap();
+        let b = build(
+            &d.0,
+            &s,
+            &[
+                "--root",
+                root.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        );
+        let w = ModelWorld::new();
+        w.engine().init("t").unwrap();
+        let app = Appliance {
+            keys: acceptance(&p).keys,
+            product: "demo-appliance".into(),
+            hardware: "demo-x86".into(),
+        };
+        let id = cairn_bundle::install::provision(
+            w.engine(),
+            std::fs::File::open(&b).unwrap(),
+            &app,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(id.as_str(), "2.0");
+        let states: Vec<_> = w
+            .engine()
+            .versions()
+            .unwrap()
+            .iter()
+            .map(|v| (v.id.to_string(), v.state))
+            .collect();
+        assert!(
+            states.contains(&("factory".into(), "factory")),
+            "{states:?}"
+        );
+        let l = w.engine().layout().clone();
+        assert_eq!(
+            w.h()
+                .read_file(&l.config(&id).into(), "/app.conf")
+                .as_deref(),
+            Some(&b"schema=1\n"[..]),
+            "factory config from the bundle"
+        );
+        assert!(
+            w.engine().factory_snapshots().unwrap().is_some(),
+            "held @factory snapshots"
+        );
+    }
 }
