@@ -317,19 +317,20 @@ impl Updater {
         };
         let what = format!("installing {version}");
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(stream));
+        let policy = self.shared.retention.clone();
         let work: JobWork = Box::new(move |engine: &Engine, by: &str| {
             let mut file = file;
-            let payload = match &base {
-                Some(b) => Payload::IncrementalStream {
-                    base: b.clone(),
-                    stream: &mut file,
-                },
-                None => Payload::FullStream(&mut file),
-            };
-            engine
-                .stage(
+            let attempt = |file: &mut std::fs::File| {
+                let payload = match &base {
+                    Some(b) => Payload::IncrementalStream {
+                        base: b.clone(),
+                        stream: file,
+                    },
+                    None => Payload::FullStream(file),
+                };
+                engine.stage(
                     StageRequest {
-                        version,
+                        version: version.clone(),
                         payload,
                         size_hint: size,
                         migrations: Vec::new(),
@@ -340,8 +341,16 @@ impl Updater {
                     },
                     by,
                 )
-                .map(|v| v.to_string())
-                .map_err(Error::from)
+            };
+            // Space is checked before the stream is read, so it can be tried again.
+            let r = match attempt(&mut file) {
+                Err(cairn_engine::EngineError::NotEnoughSpace { .. }) => {
+                    make_room(engine, &policy, by);
+                    attempt(&mut file)
+                }
+                other => other,
+            };
+            r.map(|v| v.to_string()).map_err(Error::from)
         });
         self.start_job(conn, &emitter, uid, "install", &what, work)
             .await
@@ -365,10 +374,27 @@ impl Updater {
             )
         })?;
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(bundle));
+        let policy = self.shared.retention.clone();
         let work: JobWork = Box::new(move |engine: &Engine, by: &str| {
-            cairn_bundle::install::install(engine, file, &app, force, by)
-                .map(|v| v.to_string())
-                .map_err(Error::from)
+            use cairn_bundle::install::{InstallError, install};
+            // A bundle file can be read again after making room; a pipe cannot.
+            let again = file
+                .try_clone()
+                .ok()
+                .filter(|f| f.metadata().map(|m| m.is_file()).unwrap_or(false));
+            let r = match install(engine, file, &app, force, by) {
+                Err(InstallError::Engine(cairn_engine::EngineError::NotEnoughSpace { .. }))
+                    if again.is_some() =>
+                {
+                    make_room(engine, &policy, by);
+                    let mut f = again.expect("checked");
+                    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))
+                        .map_err(|e| Error::Failed(format!("rewinding the bundle: {e}")))?;
+                    install(engine, f, &app, force, by)
+                }
+                other => other,
+            };
+            r.map(|v| v.to_string()).map_err(Error::from)
         });
         self.start_job(conn, &emitter, uid, "install", "installing a bundle", work)
             .await
@@ -652,6 +678,18 @@ impl Updater {
     #[zbus(property)]
     async fn current_job(&self) -> OwnedObjectPath {
         self.current_job.clone()
+    }
+}
+
+/// Staging found the pool short of space: retention runs once (it never removes a
+/// protected version), and staging is tried again; if it is still short, it refuses.
+fn make_room(engine: &Engine, policy: &cairn_engine::retention::Policy, by: &str) {
+    match engine.cleanup(policy, false, by) {
+        Ok(c) => tracing::warn!(
+            removed = c.plan.remove.len(),
+            "space was short: retention ran before staging"
+        ),
+        Err(e) => tracing::warn!(error = %e, "space was short and retention could not run"),
     }
 }
 

@@ -676,3 +676,56 @@ async fn cleanup_announces_expiry_during_grace() {
     );
     assert_eq!(shared.engine.versions().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staging_short_of_space_runs_retention_first_and_never_removes_protected() {
+    let bus = start_bus("room");
+    let (engine, _model, _host) = sim_engine().unwrap();
+    let policy = cairn_engine::retention::Policy {
+        keep_min: 1,
+        keep_max: 2,
+        grace_days: 0,
+        ..Default::default()
+    };
+    let shared = Shared::new(engine, admin()).with_retention(policy);
+    let server = connect(&bus).await;
+    serve(&server, shared.clone()).await.unwrap();
+    let c = connect(&bus).await;
+    let p = updater(&c).await;
+    for v in ["2.0", "3.0"] {
+        let f = release_file(&bus.dir, v);
+        let path = p.stage_stream(v, zbus::Fd::from(&f), "", 1).await.unwrap();
+        assert_eq!(finish(&c, &path).await.0, "done");
+    }
+    // Far more than the pool holds: retention runs, then staging still refuses.
+    let f = release_file(&bus.dir, "4.0");
+    let path = p
+        .stage_stream("4.0", zbus::Fd::from(&f), "", 1 << 50)
+        .await
+        .unwrap();
+    let (state, _, err, _) = finish(&c, &path).await;
+    assert_eq!(
+        (state.as_str(), err.as_str()),
+        ("failed", "org.cairn.Updater1.Error.NotEnoughSpace")
+    );
+    let ids: Vec<String> = shared
+        .engine
+        .versions()
+        .unwrap()
+        .iter()
+        .map(|v| v.id.to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["3.0", "1.0"],
+        "retention removed the oldest unprotected version; the running one stays"
+    );
+    assert!(
+        shared
+            .engine
+            .journal_entries()
+            .unwrap()
+            .iter()
+            .any(|e| e.op == "cleanup")
+    );
+}
