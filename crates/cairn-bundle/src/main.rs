@@ -67,6 +67,13 @@ enum BundleCmd {
         /// Root as an incremental `zfs send` stream file from release BASE: BASE=FILE.
         #[arg(long)]
         zfs_incremental: Option<String>,
+        /// Root straight from a ZFS snapshot on this build host (`pool/ds@snap`).
+        #[arg(long, conflicts_with_all = ["root", "zfs_full", "zfs_incremental"])]
+        zfs_snapshot: Option<String>,
+        /// With --zfs-snapshot: send incrementally from this earlier snapshot, which is
+        /// release BASE: BASE=pool/ds@snap.
+        #[arg(long, requires = "zfs_snapshot")]
+        zfs_from: Option<String>,
         /// Default configuration directory (packed as config.tar.zst).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -148,6 +155,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             root,
             zfs_full,
             zfs_incremental,
+            zfs_snapshot,
+            zfs_from,
             config,
             key,
             password_file,
@@ -162,6 +171,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let out = work.join(name);
                 cairn_bundle::tarsafe::pack_dir(dir, std::fs::File::create(&out)?)?;
                 Ok(out)
+            };
+            // A snapshot on this host is sent into a stream file first.
+            let (zfs_full, zfs_incremental) = match zfs_snapshot {
+                None => (zfs_full, zfs_incremental),
+                Some(snap) => {
+                    use cairn_zfs::Zfs;
+                    let zfs = cairn_zfs::cli::ZfsCli::new()?;
+                    let snap = cairn_zfs::SnapshotName::new(snap)?;
+                    let out = work.join("root.zstream");
+                    let mut req = cairn_zfs::SendRequest::full(snap);
+                    let base = match &zfs_from {
+                        Some(spec) => {
+                            let (base, from) = spec
+                                .split_once('=')
+                                .context("--zfs-from takes BASE=pool/ds@snap")?;
+                            req.from = Some(cairn_zfs::SnapshotName::new(from)?);
+                            Some(base.to_owned())
+                        }
+                        None => None,
+                    };
+                    let mut f = std::io::BufWriter::new(std::fs::File::create(&out)?);
+                    zfs.send(&req, &mut f)?;
+                    f.flush()?;
+                    match base {
+                        Some(b) => (None, Some(format!("{b}={}", out.display()))),
+                        None => (Some(out), None),
+                    }
+                }
             };
             match (root, zfs_full, zfs_incremental) {
                 (Some(r), _, _) if r.is_dir() => files.push((
