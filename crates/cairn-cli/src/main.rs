@@ -561,6 +561,70 @@ fn write_man(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Follows a job to its end with a progress bar (hidden for --json or without a
+/// terminal); returns (state, result, error name, error message).
+async fn follow(
+    conn: &zbus::Connection,
+    path: &zbus::OwnedObjectPath,
+    quiet: bool,
+) -> anyhow::Result<(String, String, String, String)> {
+    // Changes arrive through the caching proxy; the end state is read fresh from the
+    // other, never from a cache a signal has not updated yet.
+    let watch = JobProxy::builder(conn).path(path.clone()).build().await?;
+    let job = JobProxy::builder(conn)
+        .path(path.clone())
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let mut progress = watch.receive_progress_changed().await;
+    let mut finished = watch.receive_finished().await?;
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(100);
+        b.set_style(indicatif::ProgressStyle::with_template(
+            "{msg:>14} [{bar:40}] {pos:>3}%",
+        )?);
+        b
+    };
+    let mut last_message: Option<String> = None;
+    while job.state().await? == "running" {
+        tokio::select! {
+            Some(c) = progress.next() => {
+                bar.set_position(u64::from(c.get().await?));
+                bar.set_message(watch.stage().await?);
+            }
+            Some(f) = finished.next() => {
+                last_message = f.args().ok().map(|a| a.error_message().to_string());
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let state = job.state().await?;
+    let result = job.result().await?;
+    let error = job.error_name().await?;
+    let message = match last_message {
+        Some(m) if !m.is_empty() => m,
+        _ => job.error_message().await?,
+    };
+    Ok((state, result, error, message))
+}
+
+/// A failed job as the exit status and message `cairnctl` reports.
+fn job_failure(what: &str, state: &str, error: &str, message: &str) -> anyhow::Error {
+    let code = match error.rsplit('.').next().unwrap_or("") {
+        "Cancelled" => 7,
+        "NotAuthorized" => 3,
+        "UnknownVersion" => 5,
+        _ => 1,
+    };
+    fail(
+        code,
+        format!("{what} {state}: {}", job_message(error, message)),
+    )
+}
+
 /// What `install` was given.
 enum Source {
     Bundle {
@@ -599,72 +663,22 @@ async fn install(
         }
     };
     drop(fd);
-    let job = JobProxy::builder(conn)
-        .path(path.clone())
-        // Read the job's state fresh, never from a cache a signal has not updated yet.
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await?;
-    let mut progress = job.receive_progress_changed().await;
-    let mut finished = job.receive_finished().await?;
-    let bar = if json || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(100);
-        b.set_style(indicatif::ProgressStyle::with_template(
-            "{msg:>14} [{bar:40}] {pos:>3}%",
-        )?);
-        b
-    };
-    let mut last_message: Option<String> = None;
-    while job.state().await? == "running" {
-        tokio::select! {
-            Some(c) = progress.next() => {
-                bar.set_position(u64::from(c.get().await?));
-                bar.set_message(job.stage().await?);
-            }
-            Some(f) = finished.next() => {
-                last_message = f.args().ok().map(|a| a.error_message().to_string());
-                break;
-            }
-        }
-    }
-    bar.finish_and_clear();
-    let state = job.state().await?;
-    let result = job.result().await?;
-    let error = job.error_name().await?;
-    let message = match last_message {
-        Some(m) if !m.is_empty() => m,
-        _ => job.error_message().await?,
-    };
+    let (state, result, error, message) = follow(conn, &path, json).await?;
     if json {
         println!(
             "{}",
             serde_json::json!({"schema": "cairn/1", "kind": "job", "data": {"job": path.as_str(), "state": state, "result": result, "error": error}})
         );
     }
-    match state.as_str() {
-        "done" => {
-            if !json {
-                println!(
-                    "installed {result}; `cairnctl activate --try {result}` tries it on the next boot"
-                );
-            }
-            Ok(())
-        }
-        _ => {
-            let code = match error.rsplit('.').next().unwrap_or("") {
-                "Cancelled" => 7,
-                "NotAuthorized" => 3,
-                "UnknownVersion" => 5,
-                _ => 1,
-            };
-            Err(fail(
-                code,
-                format!("install {state}: {}", job_message(&error, &message)),
-            ))
-        }
+    if state != "done" {
+        return Err(job_failure("install", &state, &error, &message));
     }
+    if !json {
+        println!(
+            "installed {result}; `cairnctl activate --try {result}` tries it on the next boot"
+        );
+    }
+    Ok(())
 }
 
 fn print_status(text: &str, json: bool) -> anyhow::Result<()> {
@@ -860,17 +874,19 @@ async fn support(p: &UpdaterProxy<'_>, cmd: SupportCmd, json: bool) -> anyhow::R
             false,
         )
     };
-    let text = p
+    let path = p
         .support_export(zbus::Fd::from(&fd), &refs, config, data)
         .await?;
     drop(fd);
-    if json && !to_stdout {
-        println!("{text}");
-    } else if !to_stdout {
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let parts = v["data"]["parts"].as_array().map(Vec::len).unwrap_or(0);
+    // With the archive on stdout, progress and results go nowhere else.
+    let (state, result, error, message) =
+        follow(p.inner().connection(), &path, json || to_stdout).await?;
+    if state != "done" {
+        return Err(job_failure("support export", &state, &error, &message));
+    }
+    if !to_stdout && !json {
         println!(
-            "wrote {} ({parts} parts, signed); the vendor checks it with `cairn support inspect`",
+            "wrote {} ({result}, signed); the vendor checks it with `cairn support inspect`",
             output.display()
         );
     }

@@ -124,7 +124,7 @@ pub trait Updater {
         versions: &[&str],
         config: bool,
         data: bool,
-    ) -> zbus::Result<String>;
+    ) -> zbus::Result<zbus::OwnedObjectPath>;
     fn factory_reset(&self, mode: &str, token: &str, dry_run: bool) -> zbus::Result<String>;
     #[zbus(signal)]
     fn expiry_notice(&self, id: &str, at: u64) -> zbus::Result<()>;

@@ -530,9 +530,9 @@ impl Updater {
     }
 
     /// Writes a signed support archive of `versions` (root; config and data only when
-    /// asked) into the file descriptor `out`; returns its manifest as JSON.
+    /// asked) into the file descriptor `out`, as a job with progress per part.
     async fn support_export(
-        &self,
+        &mut self,
         out: zbus::OwnedFd,
         versions: Vec<String>,
         config: bool,
@@ -540,7 +540,8 @@ impl Updater {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
-    ) -> Result<String, Error> {
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = authorize(&self.shared, &hdr, conn, "export for support").await?;
         let (appliance, key) = self
             .shared
             .support
@@ -551,26 +552,32 @@ impl Updater {
             .map(|v| id(v))
             .collect::<Result<Vec<_>, _>>()?;
         let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(out));
-        let m = self
-            .mutate(&hdr, conn, &emitter, "export for support", move |e, by| {
-                let req = cairn_support::ExportRequest {
-                    versions: ids,
-                    config,
-                    data,
-                };
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-                cairn_support::export(e, &req, &appliance, &key, &mut w, by).map_err(
-                    |err| match err {
-                        cairn_support::SupportError::Engine(e) => e,
-                        other => cairn_engine::EngineError::Io {
-                            what: "support export".into(),
-                            source: std::io::Error::other(other.to_string()),
-                        },
-                    },
-                )
-            })
-            .await?;
-        Ok(json("support-export", &m))
+        let work: JobWork = Box::new(move |engine: &Engine, by: &str| {
+            let req = cairn_support::ExportRequest {
+                versions: ids,
+                config,
+                data,
+            };
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+            match cairn_support::export(engine, &req, &appliance, &key, &mut w, by) {
+                Ok(m) => Ok(format!(
+                    "{} parts, {} bytes",
+                    m.parts.len(),
+                    m.parts.iter().map(|p| p.size).sum::<u64>()
+                )),
+                Err(cairn_support::SupportError::Engine(e)) => Err(e.into()),
+                Err(other) => Err(Error::Failed(other.to_string())),
+            }
+        });
+        self.start_job(
+            conn,
+            &emitter,
+            uid,
+            "support-export",
+            "exporting for support",
+            work,
+        )
+        .await
     }
 
     /// Runs retention: the plan as JSON; with `dry_run` nothing changes. Versions in

@@ -375,6 +375,12 @@ async fn every_mutating_method_refuses_a_caller_who_is_not_admin() {
     denied(p.unmount("/tmp/x").await.unwrap_err());
     denied(p.cleanup(false).await.unwrap_err());
     denied(p.factory_reset("config", "", false).await.unwrap_err());
+    let sink = std::fs::File::create(bus.dir.join("export")).unwrap();
+    denied(
+        p.support_export(zbus::Fd::from(&sink), &["1.0"], false, false)
+            .await
+            .unwrap_err(),
+    );
     // A dry run changes nothing, so anyone may look.
     p.cleanup(true).await.unwrap();
     // Read-only calls stay open to everyone.

@@ -351,6 +351,17 @@ impl Engine {
         }
     }
 
+    /// Reports progress of a long operation that is not a step sequence (a support
+    /// export) to the observer; `false` means the observer asked to cancel.
+    pub fn progress(&self, op: &str, step: &str, percent: u32) -> bool {
+        let observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        observer.is_none_or(|o| o(op, step, percent))
+    }
+
     /// Installs (or removes) the step observer: progress reports and cancellation.
     pub fn set_observer(&self, observer: Option<Observer>) {
         *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = observer;

@@ -229,7 +229,14 @@ pub fn export(
             }
         }
         sends.extend(snaps.iter().map(|s| (s.clone(), true)));
-        for (s, may_be_incremental) in &sends {
+        let total = sends.len().max(1) as u32;
+        for (i, (s, may_be_incremental)) in sends.iter().enumerate() {
+            if !engine.progress("support-export", s.as_str(), i as u32 * 100 / total) {
+                return Err(EngineError::Cancelled {
+                    step: s.to_string(),
+                }
+                .into());
+            }
             let ds = s.dataset();
             let origin = prop(z, &(&ds).into(), "origin")?;
             // Incremental from the factory baseline when the dataset descends from it.
