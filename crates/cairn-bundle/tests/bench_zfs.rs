@@ -48,7 +48,7 @@ fn main() {
                 .unwrap(),
         )
     };
-    for i in 0..8 {
+    for i in 0..4 {
         noise_file(&vdir.join("usr/lib/app"), &format!("blob{i}"), 8, i);
     }
     z.sync(w.h().pool()).unwrap();
