@@ -477,7 +477,10 @@ pub fn capture_fixtures() -> Result<()> {
 /// the pure cores, and cairnd's idle memory; the table goes to `docs/bench.md`.
 pub fn bench() -> Result<()> {
     let guest = image()?;
-    let bins: Vec<_> = test_binaries("_zfs")?.into_iter().filter(|(n, _)| n.starts_with("bench_")).collect();
+    let bins: Vec<_> = test_binaries("_zfs")?
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("bench_"))
+        .collect();
     ensure!(!bins.is_empty(), "no bench_*_zfs targets were built");
     let work = work_dir("bench")?;
     let payload = work.join("payload");

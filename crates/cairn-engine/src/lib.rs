@@ -12,6 +12,7 @@
 //! crash interrupted.
 
 pub mod boot;
+pub mod clock;
 pub mod factory;
 pub mod host;
 mod layout;
@@ -994,6 +995,18 @@ impl Engine {
         }
         let mut op = self.begin("upgrade", id.as_str(), running.as_str(), by);
         let result = self.stage_steps(&mut op, req, &id, &running);
+        self.end_staging(op, result, id, &running)
+    }
+
+    /// Ends a staging operation: journaled on success; on failure everything it made is
+    /// undone first. A test crash leaves it for `reconcile`.
+    fn end_staging(
+        &self,
+        op: Op<'_>,
+        result: Result<()>,
+        id: VersionId,
+        running: &VersionId,
+    ) -> Result<VersionId> {
         match result {
             Ok(()) => {
                 op.finish("ok")?;
@@ -1001,7 +1014,7 @@ impl Engine {
             }
             Err(EngineError::Crashed { point }) => Err(EngineError::Crashed { point }),
             Err(e) => {
-                self.undo_staging(&id, Some(&running))?;
+                self.undo_staging(&id, Some(running))?;
                 op.finish(&format!("failed: {e}"))?;
                 Err(e)
             }
@@ -1199,18 +1212,7 @@ impl Engine {
             self.mark(&id, Stored::Staged)?;
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                op.finish("ok")?;
-                Ok(id)
-            }
-            Err(EngineError::Crashed { point }) => Err(EngineError::Crashed { point }),
-            Err(e) => {
-                self.undo_staging(&id, Some(&running))?;
-                op.finish(&format!("failed: {e}"))?;
-                Err(e)
-            }
-        }
+        self.end_staging(op, result, id, &running)
     }
 
     // -----------------------------------------------------------------------------------

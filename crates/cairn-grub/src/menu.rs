@@ -85,20 +85,9 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", clean.replace('\'', "'\\''"))
 }
 
-/// `YYYY-MM-DD` of an epoch time (UTC), without a date library.
+/// `YYYY-MM-DD` of an epoch time (UTC).
 pub fn date(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    cairn_engine::clock::date(epoch)
 }
 
 fn linux_line(
@@ -118,6 +107,20 @@ fn linux_line(
         }
     }
     format!("  linux ($cairn_pool)/{dataset_path}{kernel} {args}\n")
+}
+
+/// The `linux` and `initrd` lines that boot the version GRUB selected (`$cairn_boot`).
+fn boot_selected(m: &MenuModel, indent: &str, kind: &str, extra: &str) -> String {
+    let rc = &m.root_container;
+    let root = format!("{}/{rc}", m.pool);
+    let cmdline = if m.cmdline.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", m.cmdline)
+    };
+    format!(
+        "{indent}linux ($cairn_pool)/{rc}/${{cairn_boot}}@/vmlinuz root=ZFS={root}/${{cairn_boot}} cairn.version=${{cairn_boot}} cairn.boot={kind}{extra} panic=10{cmdline}\n{indent}initrd ($cairn_pool)/{rc}/${{cairn_boot}}@/initrd.img\n"
+    )
 }
 
 /// `cairn.cfg`: state, decision, default entry, and the recovery submenu wrapper.
@@ -178,7 +181,6 @@ pub fn render_main(m: &MenuModel) -> String {
     let _ = writeln!(s, "  else\n    set cairn_kind=fallback\n  fi\nfi");
     let _ = writeln!(s, "echo \"cairn: booting $cairn_boot ($cairn_kind)\"");
     let _ = writeln!(s, "set default=cairn-default\nset timeout=3");
-    let root = format!("{}/{}", m.pool, m.root_container);
     // The recovery file is read through `configfile`, which sees exported variables only.
     let _ = writeln!(s, "export cairn_pool\nexport cairn_boot");
     // The product name is quoted literally; the version part expands at boot.
@@ -187,21 +189,8 @@ pub fn render_main(m: &MenuModel) -> String {
         "menuentry {}\" $cairn_boot ($cairn_kind)\" --id cairn-default {{",
         quote(&m.product)
     );
-    let _ = writeln!(
-        s,
-        "  linux ($cairn_pool)/{rc}/${{cairn_boot}}@/vmlinuz root=ZFS={root}/${{cairn_boot}} cairn.version=${{cairn_boot}} cairn.boot=${{cairn_kind}} panic=10{extra}",
-        rc = m.root_container,
-        extra = if m.cmdline.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", m.cmdline)
-        }
-    );
-    let _ = writeln!(
-        s,
-        "  initrd ($cairn_pool)/{}/${{cairn_boot}}@/initrd.img\n}}",
-        m.root_container
-    );
+    s.push_str(&boot_selected(m, "  ", "${cairn_kind}", ""));
+    let _ = writeln!(s, "}}");
     let _ = writeln!(
         s,
         "submenu 'Recovery' --id cairn-recovery {{\n  configfile \"$prefix/cairn-recovery.cfg\"\n}}"
@@ -280,21 +269,13 @@ pub fn render_recovery(m: &MenuModel) -> String {
             quote(&format!("Yes: {}", what)),
             quote(&format!("cairn-reset-{mode}"))
         );
-        let _ = writeln!(
-            s,
-            "      linux ($cairn_pool)/{rc}/${{cairn_boot}}@/vmlinuz root=ZFS={root}/${{cairn_boot}} cairn.version=${{cairn_boot}} cairn.boot=normal cairn.reset={mode} panic=10{extra}",
-            rc = m.root_container,
-            extra = if m.cmdline.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", m.cmdline)
-            }
-        );
-        let _ = writeln!(
-            s,
-            "      initrd ($cairn_pool)/{}/${{cairn_boot}}@/initrd.img\n    }}\n  }}",
-            m.root_container
-        );
+        s.push_str(&boot_selected(
+            m,
+            "      ",
+            "normal",
+            &format!(" cairn.reset={mode}"),
+        ));
+        let _ = writeln!(s, "    }}\n  }}");
     }
     let _ = writeln!(s, "}}");
     s

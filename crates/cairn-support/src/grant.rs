@@ -11,21 +11,10 @@ const MARK: &str = "cairn-grant-expires=";
 
 fn stamp(epoch: u64) -> String {
     // YYYYMMDDHHMM in UTC, as sshd's expiry-time= wants.
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let c = cairn_engine::clock::civil(epoch);
     format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}",
-        secs / 3600,
-        secs % 3600 / 60
+        "{:04}{:02}{:02}{:02}{:02}",
+        c.year, c.month, c.day, c.hour, c.minute
     )
 }
 
