@@ -21,7 +21,7 @@ elif [ ! -d /var/lib/apt/lists ] || [ -z "$(ls /var/lib/apt/lists/*backports* 2>
   apt-get update -q
 fi
 
-pkgs=(qemu-system-x86 mmdebstrap fdisk e2fsprogs grub-common minisign dbus-daemon systemd util-linux zstd cpio)
+pkgs=(qemu-system-x86 mmdebstrap fdisk e2fsprogs grub-common minisign dbus-daemon polkitd systemd util-linux mount zstd cpio)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -148,13 +148,71 @@ async fn authorize(
         || p.extra_uid == Some(uid)
         || p.admin_gid.is_some_and(|g| gids.contains(&g));
     if ok {
-        Ok(uid)
-    } else {
-        tracing::warn!(uid, what, "refused: not an administrator");
-        Err(Error::NotAuthorized(format!(
-            "uid {uid} may not {what}: it needs root or membership in the cairn admin group"
-        )))
+        return Ok(uid);
     }
+    match polkit_allows(hdr, conn, what).await {
+        Ok(true) => {
+            tracing::info!(uid, what, "allowed by polkit");
+            Ok(uid)
+        }
+        Ok(false) => {
+            tracing::warn!(uid, what, "refused by polkit");
+            Err(Error::NotAuthorized(format!(
+                "uid {uid} may not {what}: polkit refused action {POLKIT_ACTION}; it needs \
+                 root, membership in the cairn admin group or a polkit rule"
+            )))
+        }
+        Err(why) => {
+            tracing::warn!(uid, what, %why, "refused: not an administrator");
+            Err(Error::NotAuthorized(format!(
+                "uid {uid} may not {what}: it needs root or membership in the cairn admin group"
+            )))
+        }
+    }
+}
+
+/// The polkit action that covers every mutating call (`packaging/polkit/`).
+pub const POLKIT_ACTION: &str = "org.cairn.updater1.manage";
+
+#[zbus::proxy(
+    interface = "org.freedesktop.PolicyKit1.Authority",
+    default_service = "org.freedesktop.PolicyKit1",
+    default_path = "/org/freedesktop/PolicyKit1/Authority"
+)]
+trait Authority {
+    #[allow(clippy::type_complexity)]
+    fn check_authorization(
+        &self,
+        subject: &(&str, std::collections::HashMap<&str, zbus::Variant<'_>>),
+        action_id: &str,
+        details: std::collections::HashMap<&str, &str>,
+        flags: u32,
+        cancellation_id: &str,
+    ) -> zbus::Result<(bool, bool, std::collections::HashMap<String, String>)>;
+}
+
+/// Asks polkit, where it is installed, whether the calling bus name may do `what`. `Err`
+/// when polkit cannot be asked (not installed, no sender): the caller is then refused.
+/// No interactive authentication: cairnctl registers no agent.
+async fn polkit_allows(hdr: &Header<'_>, conn: &Connection, what: &str) -> Result<bool, String> {
+    let sender = hdr
+        .sender()
+        .ok_or("a peer-to-peer caller has no bus name")?;
+    let authority = AuthorityProxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let subject = (
+        "system-bus-name",
+        [("name", zbus::Variant::from(sender.as_str()))].into(),
+    );
+    let details = [("cairn.operation", what)].into();
+    let (allowed, _challenge, _) = authority
+        .check_authorization(&subject, POLKIT_ACTION, details, 0, "")
+        .await
+        .map_err(|e| format!("polkit could not be asked: {e}"))?;
+    Ok(allowed)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -395,30 +395,33 @@ async fn every_mutating_method_refuses_a_caller_who_is_not_admin() {
     );
 }
 
+/// Calls a manager method with `busctl` as uid 65534 (nobody), no groups.
+fn call_as_nobody(bus: &Bus, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "busctl",
+            "--address",
+        ])
+        .arg(&bus.address)
+        .arg("call")
+        .args([
+            "org.cairn.Updater1",
+            "/org/cairn/Updater1",
+            "org.cairn.Updater1",
+        ])
+        .args(args)
+        .output()
+        .expect("setpriv and busctl")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_non_root_caller_is_refused_and_may_read() {
     let bus = start_bus("nonroot");
     let (_s, _c, _) = served(&bus, admin()).await;
-    let as_nobody = |args: &[&str]| {
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "busctl",
-                "--address",
-            ])
-            .arg(&bus.address)
-            .arg("call")
-            .args([
-                "org.cairn.Updater1",
-                "/org/cairn/Updater1",
-                "org.cairn.Updater1",
-            ])
-            .args(args)
-            .output()
-            .expect("setpriv and busctl")
-    };
+    let as_nobody = |args: &[&str]| call_as_nobody(&bus, args);
     let out = as_nobody(&["Activate", "ssyb", "1.0", "permanent", "0", "false"]);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
@@ -734,4 +737,91 @@ async fn staging_short_of_space_runs_retention_first_and_never_removes_protected
             .iter()
             .any(|e| e.op == "cleanup")
     );
+}
+
+/// The real polkitd on the test bus, in a private mount namespace where its action and
+/// rules directories hold only cairn's action file and `rules`. Killed when dropped.
+struct Polkitd(std::process::Child);
+
+impl Drop for Polkitd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_polkitd(bus: &Bus, rules: &str) -> Polkitd {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (actions, rules_dir) = (bus.dir.join("pk-actions"), bus.dir.join("pk-rules"));
+    std::fs::create_dir_all(&actions).unwrap();
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    std::fs::copy(
+        root.join("packaging/polkit/org.cairn.updater1.policy"),
+        actions.join("org.cairn.updater1.policy"),
+    )
+    .unwrap();
+    std::fs::write(rules_dir.join("50-cairn-test.rules"), rules).unwrap();
+    let script = format!(
+        "mount --bind {a} /usr/share/polkit-1/actions && \
+         mount --bind {r} /usr/share/polkit-1/rules.d && \
+         mount --bind {r} /etc/polkit-1/rules.d && \
+         exec /usr/lib/polkit-1/polkitd --no-debug",
+        a = actions.display(),
+        r = rules_dir.display()
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .spawn()
+        .expect("polkitd (package polkitd, from `cargo xtask host-deps`) and unshare");
+    let pk = Polkitd(child);
+    let c = connect(bus).await;
+    let dbus = zbus::fdo::DBusProxy::new(&c).await.unwrap();
+    let name = zbus::names::BusName::try_from("org.freedesktop.PolicyKit1").unwrap();
+    for _ in 0..200 {
+        if dbus.name_has_owner(name.clone()).await.unwrap() {
+            return pk;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("polkitd did not take its name on the test bus within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polkit_decides_for_callers_who_are_not_admins() {
+    let bus = start_bus("polkit");
+    let (_s, _c, shared) = served(&bus, admin()).await;
+    let journal_len = || shared.engine.journal_entries().unwrap().len();
+    let before = journal_len();
+    let pin = ["Pin", "sb", "1.0", "true"];
+    // Without polkit on the bus, nobody is refused, as before.
+    let out = call_as_nobody(&bus, &pin);
+    assert!(!out.status.success());
+    assert_eq!(journal_len(), before);
+
+    // polkit decides per operation (polkit itself always allows uid 0, hence nobody here).
+    let _pk = start_polkitd(
+        &bus,
+        r#"polkit.addRule(function(action, subject) {
+    if (action.id == "org.cairn.updater1.manage" && subject.user == "nobody") {
+        if (action.lookup("cairn.operation") == "reset to factory defaults")
+            return polkit.Result.NO;
+        return polkit.Result.YES;
+    }
+});
+"#,
+    )
+    .await;
+    let out = call_as_nobody(&bus, &pin);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the rule allows pinning: {text}");
+    let journal = shared.engine.journal_entries().unwrap();
+    assert_eq!(journal.len(), before + 1, "{journal:?}");
+    assert_eq!(journal.last().unwrap().by, "uid:65534");
+    // The rule refuses a factory reset: refused by name, nothing done.
+    let out = call_as_nobody(&bus, &["FactoryReset", "ssb", "config", "", "true"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("polkit refused"), "{text}");
+    assert_eq!(journal_len(), before + 1);
 }
