@@ -527,13 +527,13 @@ async fn cairnd_sim_binary_serves_a_simulated_appliance() {
 fn bus_policy_and_units_are_well_formed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let conf =
-        std::fs::read_to_string(root.join("packaging/dbus/org.cairn.Updater1.conf")).unwrap();
+        std::fs::read_to_string(root.join("systemd/org.cairn.Updater1.conf")).unwrap();
     assert!(conf.contains("<allow own=\"org.cairn.Updater1\"/>"));
     // dbus-daemon itself parses the policy: a config that includes it must load.
     let dir = std::env::temp_dir().join(format!("cairn-policy-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("d")).unwrap();
     std::fs::copy(
-        root.join("packaging/dbus/org.cairn.Updater1.conf"),
+        root.join("systemd/org.cairn.Updater1.conf"),
         dir.join("d/org.cairn.Updater1.conf"),
     )
     .unwrap();
