@@ -525,7 +525,7 @@ pub fn bench() -> Result<()> {
     )?;
     let rss = cairnd_idle_rss().unwrap_or_else(|e| format!("not measured: {e:#}"));
     let doc = format!(
-        "# cairn benchmarks\n\nMade by `cargo xtask bench` on {date}; 2 cores, QEMU TCG guest ({guest}).\nEach figure is measured side by side in one run; none is a test assertion.\n\n## On real OpenZFS (guest)\n\n{table}\n\n## Pure cores (host, release build)\n\n{host}\n## cairnd\n\n| measurement | value |\n|---|---|\n| idle RSS of `cairnd --sim` (debug build, target <= 10 MiB) | {rss} |\n",
+        "# cairn benchmarks\n\nMade by `cargo xtask bench` on {date}; 2 cores, QEMU TCG guest ({guest}).\nEach figure is measured side by side in one run; none is a test assertion.\n\n## On real OpenZFS (guest)\n\n{table}\n\n## Pure cores (host, release build)\n\n{host}\n## cairnd\n\n| measurement | value |\n|---|---|\n| idle RSS of `cairnd --sim` (release build, target <= 10 MiB) | {rss} |\n",
         date = output(Command::new("date").args(["-u", "+%F"]))?.trim(),
         guest = guest_info.join("; "),
         table = table.join("\n"),
@@ -537,12 +537,20 @@ pub fn bench() -> Result<()> {
     Ok(())
 }
 
-/// Starts a private bus and `cairnd --sim`, waits for it to settle, reads its VmRSS.
+/// Starts a private bus and `cairnd --sim` (release, as shipped), waits for it to settle, reads its VmRSS.
 fn cairnd_idle_rss() -> Result<String> {
     sh(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
-            .args(["build", "-q", "-p", "cairn-daemon", "--bin", "cairnd"]),
+            .args([
+                "build",
+                "-q",
+                "--release",
+                "-p",
+                "cairn-daemon",
+                "--bin",
+                "cairnd",
+            ]),
     )?;
     let out = output(Command::new("dbus-daemon").args([
         "--session",
@@ -553,7 +561,7 @@ fn cairnd_idle_rss() -> Result<String> {
     let mut lines = out.lines();
     let address = lines.next().context("bus address")?.to_owned();
     let bus_pid = lines.next().context("bus pid")?.trim().to_owned();
-    let mut child = Command::new(root().join("target/debug/cairnd"))
+    let mut child = Command::new(root().join("target/release/cairnd"))
         .args([
             "--sim",
             "--address",

@@ -17,7 +17,7 @@ Exit status:
   0  success
   1  the operation failed (the message says why)
   2  bad usage
-  3  not authorized (needs root or the cairn admin group)
+  3  not authorized (needs root, the cairn admin group or a polkit rule)
   4  busy: another operation is running
   5  unknown version
   6  cairnd could not be reached
@@ -234,7 +234,7 @@ fn classify(e: &anyhow::Error) -> Failure {
         _ => format!("{e:#}"),
     };
     let hint = match code {
-        3 => " (run as root or as a member of the cairn admin group)",
+        3 => " (run as root, as a member of the cairn admin group, or ask for a polkit rule for org.cairn.updater1.manage)",
         4 => " (`cairnctl status` shows what is running)",
         6 => " (is cairnd running? `systemctl status cairnd`)",
         _ => "",
