@@ -234,7 +234,9 @@ fn classify(e: &anyhow::Error) -> Failure {
         _ => format!("{e:#}"),
     };
     let hint = match code {
-        3 => " (run as root, as a member of the cairn admin group, or ask for a polkit rule for org.cairn.updater1.manage)",
+        3 => {
+            " (run as root, as a member of the cairn admin group, or ask for a polkit rule for org.cairn.updater1.manage)"
+        }
         4 => " (`cairnctl status` shows what is running)",
         6 => " (is cairnd running? `systemctl status cairnd`)",
         _ => "",

@@ -526,8 +526,7 @@ async fn cairnd_sim_binary_serves_a_simulated_appliance() {
 #[test]
 fn bus_policy_and_units_are_well_formed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let conf =
-        std::fs::read_to_string(root.join("systemd/org.cairn.Updater1.conf")).unwrap();
+    let conf = std::fs::read_to_string(root.join("systemd/org.cairn.Updater1.conf")).unwrap();
     assert!(conf.contains("<allow own=\"org.cairn.Updater1\"/>"));
     // dbus-daemon itself parses the policy: a config that includes it must load.
     let dir = std::env::temp_dir().join(format!("cairn-policy-{}", std::process::id()));
