@@ -173,9 +173,12 @@ impl Host for SimHost {
         dataset: &DatasetName,
         writer: &mut crate::TreeWriter<'_>,
     ) -> Result<(), EngineError> {
+        // Unique per call: simulated hosts in one process (parallel tests) must not share it.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "cairn-sim-tree-{}-{}",
+            "cairn-sim-tree-{}-{}-{}",
             std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dataset.basename()
         ));
         let _ = std::fs::remove_dir_all(&dir);
