@@ -26,6 +26,32 @@ fn noise_file(dir: &Path, name: &str, mib: usize, seed: u64) {
 
 struct Row(String, String, String);
 
+/// Writes a full send stream of `snap` to `path`; returns its size.
+fn write_stream(z: &dyn cairn_zfs::Zfs, snap: &cairn_zfs::SnapshotName, path: &Path) -> u64 {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    z.send(&SendRequest::full(snap.clone()), &mut f).unwrap();
+    f.flush().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// Stages version `version` from the full stream in `path`.
+fn stage_file(e: &cairn_engine::Engine, version: &str, path: &Path) -> cairn_engine::VersionId {
+    e.stage(
+        StageRequest {
+            version: version.into(),
+            payload: Payload::FullStream(&mut std::fs::File::open(path).unwrap()),
+            size_hint: std::fs::metadata(path).unwrap().len(),
+            migrations: vec![],
+            migration_timeout: Duration::from_secs(60),
+            bundle: None,
+            allow_downgrade: false,
+            defaults: None,
+        },
+        "bench",
+    )
+    .unwrap()
+}
+
 fn main() {
     if !Path::new("/dev/zfs").exists() {
         println!("bench_zfs: needs real ZFS; `cargo xtask bench` runs it in the guest");
@@ -55,12 +81,7 @@ fn main() {
     let r1 = vendor.snapshot("r1").unwrap();
     z.snapshot(std::slice::from_ref(&r1), &[]).unwrap();
     let stream_path = scratch.join("bench-full.zstream");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&stream_path).unwrap());
-        z.send(&SendRequest::full(r1.clone()), &mut f).unwrap();
-        f.flush().unwrap();
-    }
-    let size = std::fs::metadata(&stream_path).unwrap().len();
+    let size = write_stream(z, &r1, &stream_path);
     // 1.0 from the stream, booted.
     let v1 = e
         .install_first(
@@ -84,25 +105,7 @@ fn main() {
         });
         raw.push(t);
         let v = format!("2.{i}");
-        let (_, t) = time(|| {
-            w.engine()
-                .stage(
-                    StageRequest {
-                        version: v.clone(),
-                        payload: Payload::FullStream(
-                            &mut std::fs::File::open(&stream_path).unwrap(),
-                        ),
-                        size_hint: size,
-                        migrations: vec![],
-                        migration_timeout: Duration::from_secs(60),
-                        bundle: None,
-                        allow_downgrade: false,
-                        defaults: None,
-                    },
-                    "bench",
-                )
-                .unwrap()
-        });
+        let (_, t) = time(|| stage_file(w.engine(), &v, &stream_path));
         staged.push(t);
     }
     let best = |v: &[Duration]| *v.iter().min().unwrap();
@@ -167,28 +170,8 @@ fn main() {
     z.sync(w.h().pool()).unwrap();
     let r2 = vendor.snapshot("r2").unwrap();
     z.snapshot(std::slice::from_ref(&r2), &[]).unwrap();
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&stream_path).unwrap());
-        z.send(&SendRequest::full(r2.clone()), &mut f).unwrap();
-        f.flush().unwrap();
-    }
-    let big_size = std::fs::metadata(&stream_path).unwrap().len();
-    let v4 = w
-        .engine()
-        .stage(
-            StageRequest {
-                version: "2.9".into(),
-                payload: Payload::FullStream(&mut std::fs::File::open(&stream_path).unwrap()),
-                size_hint: big_size,
-                migrations: vec![],
-                migration_timeout: Duration::from_secs(60),
-                bundle: None,
-                allow_downgrade: false,
-                defaults: None,
-            },
-            "bench",
-        )
-        .unwrap();
+    write_stream(z, &r2, &stream_path);
+    let v4 = stage_file(w.engine(), "2.9", &stream_path);
     let _ = std::fs::remove_file(&stream_path);
     let (big_exp, big_raw) = export_vs_send(&v4, "benchsend");
     for ((n_exp, t_exp), (n_raw, t_raw)) in [(small_exp, small_raw), (big_exp, big_raw)] {
