@@ -423,6 +423,9 @@ impl Engine {
         if armed.as_deref() == Some(point.as_str()) {
             if std::env::var("CAIRN_CRASH_AT").is_ok() {
                 eprintln!("CAIRN-CRASH {point}");
+                if let Ok(channel) = std::env::var("CAIRN_CRASH_CHANNEL") {
+                    halt_at(&channel, &point);
+                }
                 std::process::abort();
             }
             return Err(EngineError::Crashed { point });
@@ -1128,14 +1131,33 @@ impl Engine {
         if !self.exists(&root)? {
             return Err(EngineError::UnknownVersion { id: id.to_string() });
         }
+        if let Some(s) = self.first_snapshot(&root)? {
+            return Ok(s);
+        }
+        // A clone without snapshots of its own (the first version, cloned from the
+        // factory baseline) was received as its origin's dataset was.
+        let origin = self
+            .get_prop(&(&root).into(), &PropName::native("origin"))?
+            .filter(|o| o != "-")
+            .and_then(|o| SnapshotName::new(o).ok());
+        match origin {
+            Some(o) => Ok(self.first_snapshot(&o.dataset())?.unwrap_or(o)),
+            None => Err(EngineError::UnknownVersion {
+                id: format!("{id} (it has no pristine snapshot to build a delta on)"),
+            }),
+        }
+    }
+
+    /// The oldest snapshot of `ds` that cairn did not take before an operation.
+    fn first_snapshot(&self, ds: &DatasetName) -> Result<Option<SnapshotName>> {
         let snaps = self.zfs.list(&ListRequest {
-            roots: vec![root.clone()],
+            roots: vec![ds.clone()],
             depth: Some(1),
             types: vec![DatasetType::Snapshot],
             props: vec![PropName::native("createtxg")],
             ..Default::default()
         })?;
-        snaps
+        Ok(snaps
             .into_iter()
             .filter_map(|e| match e.name {
                 ObjectName::Snapshot(s) if !s.snap().starts_with("cairn-pre-") => {
@@ -1148,10 +1170,7 @@ impl Engine {
                     .and_then(|t| t.parse::<u64>().ok())
                     .unwrap_or(u64::MAX)
             })
-            .map(|(_, s)| s)
-            .ok_or_else(|| EngineError::UnknownVersion {
-                id: format!("{id} (it has no pristine snapshot to build a delta on)"),
-            })
+            .map(|(_, s)| s))
     }
 
     /// Package-based staging: clones the running root and runs `command` inside the clone
@@ -1848,6 +1867,20 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// Power-loss tests (VM): announces `point` on the debug channel (a serial port the test
+/// host watches) and stops here for good, so the host can cut the power at exactly this
+/// step. Nothing after the announcement is written by this process.
+fn halt_at(channel: &str, point: &str) -> ! {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(channel) {
+        let _ = writeln!(f, "CAIRN-STEP {point}");
+        let _ = f.flush();
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 

@@ -120,6 +120,10 @@ pub const CASES: &[(&str, Case)] = &[
         factory_baseline_is_held_and_never_booted,
     ),
     (
+        "delta_onto_the_factory_clone",
+        delta_onto_the_factory_clone,
+    ),
+    (
         "reset_config_gives_this_versions_defaults",
         reset_config_gives_this_versions_defaults,
     ),
@@ -1411,6 +1415,53 @@ fn provisioned_factory(w: &mut dyn World) -> Vendor {
     w.h()
         .write_file(&data_ds(w), "customer.db", b"precious customer data");
     vendor
+}
+
+/// The first version is a clone of the baseline with no snapshot of its own: a vendor
+/// delta from that release applies on the baseline's snapshot (same GUID as the release).
+fn delta_onto_the_factory_clone(w: &mut dyn World) {
+    let mut vendor = provisioned_factory(w);
+    let (_, inc) = vendor.release(w, "2.0", &[("/usr/lib/app/version", "2.0\n")]);
+    let inc = inc.expect("incremental");
+    let l = w.engine().layout().clone();
+    let f = l.root(&id(crate::factory::FACTORY_ID));
+    let received = format!("{f}@rel-1.0");
+    let baseline = format!("{f}@factory");
+    assert_eq!(
+        w.engine().pristine(&id("1.0")).unwrap().as_str(),
+        received,
+        "1.0 is the baseline, which was received as the vendor's release"
+    );
+    let mut s = inc.as_slice();
+    let v2 = w
+        .engine()
+        .stage(
+            StageRequest {
+                version: "2.0".into(),
+                payload: Payload::IncrementalStream {
+                    base: id("1.0"),
+                    stream: &mut s,
+                },
+                size_hint: inc.len() as u64,
+                migrations: vec![],
+                migration_timeout: Duration::from_secs(5),
+                bundle: None,
+                allow_downgrade: false,
+                defaults: None,
+            },
+            BY,
+        )
+        .expect("a delta from the factory release stages");
+    assert_eq!(
+        w.engine().version(&v2).unwrap().origin.as_deref(),
+        Some(received.as_str())
+    );
+    assert!(names(w).contains(&baseline), "the baseline snapshot stays");
+    assert_eq!(
+        read_root(w, &v2, "/usr/lib/app/version").as_deref(),
+        Some(&b"2.0\n"[..])
+    );
+    data_intact(w);
 }
 
 fn factory_baseline_is_held_and_never_booted(w: &mut dyn World) {
