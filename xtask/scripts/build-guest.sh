@@ -18,7 +18,7 @@ packages=(
   zfs-dkms zfsutils-linux zfs-initramfs
   # a bootable appliance base (tier 2 reuses this tree)
   systemd systemd-sysv dbus udev kmod initramfs-tools busybox
-  grub-pc-bin e2fsprogs fdisk util-linux procps
+  grub-pc-bin grub2-common e2fsprogs fdisk util-linux procps
 )
 include=$(IFS=,; echo "${packages[*]}")
 

@@ -2,6 +2,8 @@
 //! suites in them, and captures fixtures from real OpenZFS.
 #![allow(clippy::disallowed_methods)] // xtask drives host tools (qemu, mke2fs) directly
 
+mod appliance;
+mod e2e;
 mod vm;
 
 use anyhow::{Result, bail};
@@ -12,7 +14,10 @@ usage: cargo xtask <task>
 tasks:
   test                  everything CI runs: host packages, `cargo test`, then the
                         real-ZFS suites in the guest (vm-test)
-  demo                  the demo appliance in a VM (not built yet: issue 11)
+  demo                  the demo appliance in a VM: install, trial, confirm, rollback,
+                        an older version from the GRUB menu, factory reset
+  demo-image            build (or reuse from cache) the demo appliance disk, its
+                        update bundles and its first boot
   vm-image              build (or reuse from cache) the test guest: Debian kernel,
                         OpenZFS built by DKMS, userspace; cached in $CAIRN_CACHE
                         (default ~/.cache/cairn), keyed by the build script
@@ -20,6 +25,8 @@ tasks:
                         (TCG) and run them against real OpenZFS
       --filter <text>   only tests whose name contains <text>
       --timeout <secs>  kill the guest after this long (default 2400)
+      --e2e             instead: the demo appliance end to end (scenarios and
+                        power loss at every named step; with --filter)
   bench                 benchmarks: cairn vs raw zfs in the guest, the pure cores
                         on the host, cairnd's idle memory; writes docs/bench.md
   capture-fixtures      run zfs/zpool in the guest and store their scripted
@@ -52,10 +59,12 @@ fn run() -> Result<()> {
             vm::test(None, 2400)
         }
         "demo" => {
-            eprintln!("cargo xtask demo: the demo appliance is not built yet (issue 11)");
-            std::process::exit(2);
+            vm::host_deps()?;
+            e2e::demo()
         }
+        "demo-image" => appliance::image().map(|d| println!("demo appliance ready: {}", d.dir.display())),
         "vm-image" => vm::image().map(|g| println!("guest image ready: {}", g.dir.display())),
+        "vm-test" if args.iter().any(|a| a == "--e2e") => e2e::run(opt("--filter").as_deref()),
         "vm-test" => {
             let timeout = opt("--timeout")
                 .map(|t| t.parse())

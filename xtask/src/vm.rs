@@ -12,18 +12,18 @@ use sha2::{Digest, Sha256};
 /// Bumped when the way the cached image is assembled (not the script) changes.
 const IMAGE_FORMAT: &str = "guest-1";
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()
 }
 
-fn scripts() -> PathBuf {
+pub fn scripts() -> PathBuf {
     root().join("xtask/scripts")
 }
 
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     if let Ok(d) = std::env::var("CAIRN_CACHE") {
         return PathBuf::from(d);
     }
@@ -31,14 +31,14 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/cairn")
 }
 
-fn sh(cmd: &mut Command) -> Result<()> {
+pub fn sh(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let st = cmd.status().with_context(|| format!("starting {shown}"))?;
     ensure!(st.success(), "{shown} failed: {st}");
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("starting {shown}"))?;
     ensure!(
@@ -81,7 +81,7 @@ impl Guest {
 }
 
 /// The cache key: everything that decides what the guest contains.
-fn image_key() -> Result<String> {
+pub fn image_key() -> Result<String> {
     let mut h = Sha256::new();
     h.update(IMAGE_FORMAT);
     let script = scripts().join("build-guest.sh");
@@ -135,14 +135,25 @@ pub fn image() -> Result<Guest> {
 }
 
 /// What a guest run produced.
-struct Outcome {
-    results: String,
-    elapsed: Duration,
+pub struct Outcome {
+    pub results: String,
+    pub elapsed: Duration,
 }
 
 /// Boots the guest with `payload` as its second disk; the payload's `run` script does the
 /// work and writes its report to the results disk.
 fn boot(guest: &Guest, payload: &Path, work: &Path, timeout: Duration) -> Result<Outcome> {
+    boot_with(guest, payload, work, timeout, &[])
+}
+
+/// [`boot`] with more raw disks after the results disk (`/dev/vde`, `/dev/vdf`, ...).
+pub fn boot_with(
+    guest: &Guest,
+    payload: &Path,
+    work: &Path,
+    timeout: Duration,
+    extra: &[&Path],
+) -> Result<Outcome> {
     let overlay = work.join("root.qcow2");
     let payload_img = work.join("payload.ext4");
     let scratch = work.join("scratch.img");
@@ -195,6 +206,12 @@ fn boot(guest: &Guest, payload: &Path, work: &Path, timeout: Duration) -> Result
         .arg(format!("file={},if=virtio,format=raw", scratch.display()))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", results.display()))
+        .args(extra.iter().flat_map(|d| {
+            [
+                "-drive".to_owned(),
+                format!("file={},if=virtio,format=raw", d.display()),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -239,7 +256,7 @@ fn boot(guest: &Guest, payload: &Path, work: &Path, timeout: Duration) -> Result
     })
 }
 
-fn strip_escapes(s: &str) -> String {
+pub fn strip_escapes(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -273,7 +290,7 @@ fn dir_size(p: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn work_dir(name: &str) -> Result<PathBuf> {
+pub fn work_dir(name: &str) -> Result<PathBuf> {
     let d = root().join("target/vm").join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d)?;
@@ -319,7 +336,7 @@ fn field(line: &str, after: &str, key: &str) -> Option<String> {
     Some(rest[start..start + end].to_owned())
 }
 
-const GUEST_PRELUDE: &str = r#"#!/bin/sh
+pub const GUEST_PRELUDE: &str = r#"#!/bin/sh
 # Runs inside the guest as init. Reports go to /tmp/results, then to the results disk.
 R=/tmp/results
 : > $R
@@ -370,7 +387,7 @@ pub fn test(filter: Option<String>, timeout_secs: u64) -> Result<()> {
     Ok(())
 }
 
-fn write_exec(path: &Path, text: &str) -> Result<()> {
+pub fn write_exec(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;

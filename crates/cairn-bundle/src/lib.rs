@@ -193,6 +193,9 @@ pub struct Acceptance {
 }
 
 /// Parses a minisign public key (the `.pub` file's text or its base64 line).
+/// A vendor public key, as [`public_key`] reads it.
+pub type PublicKey = minisign_verify::PublicKey;
+
 pub fn public_key(text: &str) -> Result<minisign_verify::PublicKey> {
     cairn_sign::public_key(text).map_err(BundleError::Signing)
 }

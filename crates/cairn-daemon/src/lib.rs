@@ -36,6 +36,9 @@ pub struct RealConfig {
     pub product: String,
     pub cmdline: String,
     pub work: std::path::PathBuf,
+    /// Set when the pool is imported under an alternate root (image building): the
+    /// journal is found under it.
+    pub altroot: Option<std::path::PathBuf>,
 }
 
 /// The engine on the real machine: `zfs`/`zpool`, the GRUB environment block, the kernel
@@ -49,9 +52,13 @@ pub fn real_engine(cfg: &RealConfig) -> anyhow::Result<(Arc<Engine>, service::Af
     let zfs: Arc<dyn Zfs> = Arc::new(cairn_zfs::cli::ZfsCli::new()?);
     std::fs::create_dir_all(&cfg.work)
         .with_context(|| format!("creating {}", cfg.work.display()))?;
+    let journal = match &cfg.altroot {
+        Some(alt) => alt.join(layout.journal_mountpoint.strip_prefix("/").unwrap_or(&layout.journal_mountpoint)),
+        None => layout.journal_mountpoint.clone(),
+    };
     let host = Arc::new(cairn_engine::RealHost::new(
         zfs.clone(),
-        &layout.journal_mountpoint,
+        &journal,
         &cfg.work,
         std::path::Path::new("/proc/cmdline"),
     ));

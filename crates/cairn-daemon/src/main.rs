@@ -58,6 +58,10 @@ struct Args {
     /// The retention policy (defaults apply when the file is missing).
     #[arg(long, default_value = "/etc/cairn/retention.yaml")]
     retention: std::path::PathBuf,
+    /// The pool is imported under this alternate root (`zpool import -R`), as when
+    /// provisioning a disk image; paths in the layout are found under it.
+    #[arg(long)]
+    altroot: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -67,6 +71,13 @@ enum Cmd {
     /// Early boot: carry out the factory reset the GRUB recovery menu asked for
     /// (`cairn.reset=<mode>` on the kernel command line), before data is mounted.
     ResetFromCmdline,
+    /// Early boot: mount the booted version's own configuration dataset at the layout's
+    /// config path (cairn-config.service).
+    MountConfig,
+    /// Factory line: lay cairn's layout out on an empty pool and write the never-booted
+    /// factory baseline from a signed bundle (a full root); its first version becomes the
+    /// default, and the boot state and GRUB menu are written.
+    Provision { bundle: std::path::PathBuf },
     /// Write a release stream the simulator accepts (`cairnctl install --version V FILE`).
     SimRelease {
         version: String,
@@ -98,6 +109,7 @@ fn real_config(args: &Args) -> RealConfig {
         product: args.product.clone(),
         cmdline: args.cmdline.clone(),
         work: std::path::PathBuf::from("/run/cairn"),
+        altroot: args.altroot.clone(),
     }
 }
 
@@ -123,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let cfg = real_config(&args);
         let (engine, after) = real_engine(&cfg)?;
+        engine.mount_journal()?;
         engine.reconcile("boot")?;
         // The menu's confirmation submenu was the operator's confirmation.
         let token = cairn_engine::factory::FULL_RESET_TOKEN;
@@ -136,6 +149,37 @@ async fn main() -> anyhow::Result<()> {
             mode.as_str(),
             actions.len()
         );
+        return Ok(());
+    }
+    if let Some(Cmd::MountConfig) = &args.command {
+        let (engine, _) = real_engine(&real_config(&args))?;
+        match engine.mount_booted_config()? {
+            Some(at) => println!("configuration mounted at {}", at.display()),
+            None => println!("not booted through cairn's menu: no configuration to mount"),
+        }
+        return Ok(());
+    }
+    if let Some(Cmd::Provision { bundle }) = &args.command {
+        let (engine, after) = real_engine(&real_config(&args))?;
+        let keys = vendor_keys(&args.keys_dir);
+        anyhow::ensure!(
+            !keys.is_empty(),
+            "no vendor keys in {}: a bundle cannot be verified without them",
+            args.keys_dir.display()
+        );
+        if engine.versions().is_err() {
+            engine.init("provision")?;
+        }
+        let file = std::fs::File::open(bundle)
+            .with_context(|| format!("opening {}", bundle.display()))?;
+        let app = cairn_bundle::install::Appliance {
+            keys,
+            product: args.product_id.clone(),
+            hardware: args.hardware_id.clone(),
+        };
+        let id = cairn_bundle::install::provision(&engine, file, &app, "provision")?;
+        after(&engine);
+        println!("provisioned: factory baseline and version {id} (the default)");
         return Ok(());
     }
     if let Some(Cmd::SimRelease { version, output }) = &args.command {
@@ -190,22 +234,7 @@ async fn main() -> anyhow::Result<()> {
             shared
         }
     };
-    let keys: Vec<_> = std::fs::read_dir(&args.keys_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pub"))
-        .filter_map(|e| {
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            match cairn_bundle::public_key(&text) {
-                Ok(k) => Some(k),
-                Err(err) => {
-                    tracing::warn!(key = %e.path().display(), error = %err, "ignoring an unreadable vendor key");
-                    None
-                }
-            }
-        })
-        .collect();
+    let keys = vendor_keys(&args.keys_dir);
     let shared = if keys.is_empty() {
         tracing::warn!(dir = %args.keys_dir.display(), "no vendor keys: bundles will be refused");
         shared
@@ -234,4 +263,25 @@ async fn main() -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// The vendor public keys (minisign `.pub` files) in `dir`; unreadable ones are logged
+/// and skipped.
+fn vendor_keys(dir: &std::path::Path) -> Vec<cairn_bundle::PublicKey> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pub"))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            match cairn_bundle::public_key(&text) {
+                Ok(k) => Some(k),
+                Err(err) => {
+                    tracing::warn!(key = %e.path().display(), error = %err, "ignoring an unreadable vendor key");
+                    None
+                }
+            }
+        })
+        .collect()
 }

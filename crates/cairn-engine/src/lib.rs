@@ -1494,6 +1494,45 @@ impl Engine {
         )?)
     }
 
+    /// Early boot (before `zfs mount -a`): mounts the journal dataset so that what is
+    /// done now is journaled where it belongs, not hidden under the later mount.
+    pub fn mount_journal(&self) -> Result<()> {
+        let ds = self.layout.journal();
+        if self.get_prop(&(&ds).into(), &PropName::native("mounted"))?.as_deref() == Some("yes") {
+            return Ok(());
+        }
+        self.zfs.mount(
+            &ds.into(),
+            &MountOptions {
+                at: None,
+                read_only: false,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Early boot: mounts the booted version's own config dataset at the layout's config
+    /// path (read-only for the factory baseline). `None` when the kernel command line
+    /// names no version cairn knows (the box was not booted through cairn's menu).
+    pub fn mount_booted_config(&self) -> Result<Option<PathBuf>> {
+        self.require_init()?;
+        let Some(b) = self.host.booted() else {
+            return Ok(None);
+        };
+        let cfg = self.layout.config(&b.version);
+        if !self.exists(&cfg)? {
+            return Ok(None);
+        }
+        let read_only = self.is_factory(&b.version);
+        Ok(Some(self.zfs.mount(
+            &cfg.into(),
+            &MountOptions {
+                at: None,
+                read_only,
+            },
+        )?))
+    }
+
     pub fn unmount(&self, at: &Path) -> Result<()> {
         Ok(self.zfs.unmount(at)?)
     }

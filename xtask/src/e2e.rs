@@ -1,0 +1,622 @@
+//! The end-to-end suite on the demo appliance (`cargo xtask vm-test --e2e`): scenarios an
+//! operator lives through, and power loss at every named step. Each case starts from the
+//! saved first boot (a qcow2 overlay and the VM state), so it costs only its own reboots.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::appliance::{Appliance, DemoImage, overlay};
+use crate::vm;
+
+/// How long a boot may take under TCG before the case fails (GRUB to root shell).
+const BOOT: Duration = Duration::from_secs(420);
+
+/// One appliance run for a case: its own disk overlay and console log.
+pub struct Device {
+    pub vm: Appliance,
+    disk: PathBuf,
+    log: PathBuf,
+    echo: bool,
+    boots: u32,
+}
+
+impl Device {
+    /// The booted demo appliance (v1 running, root shell), resumed from the saved state.
+    pub fn resume(img: &DemoImage, work: &Path, name: &str, echo: bool) -> Result<Self> {
+        let (base, state) = img.booted();
+        let disk = work.join(format!("{name}.qcow2"));
+        overlay(&base, &disk)?;
+        let log = work.join(format!("{name}.log"));
+        let vm = Appliance::start(img, &disk, Some(&state), &log, echo)?;
+        let mut b = Self {
+            vm,
+            disk,
+            log,
+            echo,
+            boots: 0,
+        };
+        // The saved shell is at its prompt; the first command syncs the console.
+        b.vm.sh_ok("true", 120)?;
+        Ok(b)
+    }
+
+    pub fn sh(&mut self, cmd: &str) -> Result<String> {
+        self.vm.sh_ok(cmd, 900)
+    }
+
+    pub fn sh_rc(&mut self, cmd: &str) -> Result<(i32, String)> {
+        self.vm.sh(cmd, 900)
+    }
+
+    /// `cairnctl status --json`, its `data`.
+    pub fn status(&mut self) -> Result<Value> {
+        let out = self.sh("cairnctl --json status")?;
+        let start = out.find('{').context("no JSON in cairnctl status")?;
+        let v: Value = serde_json::from_str(out[start..].trim())
+            .with_context(|| format!("cairnctl status printed:\n{out}"))?;
+        Ok(v["data"].clone())
+    }
+
+    /// The version running now (`booted.version`).
+    pub fn running(&mut self) -> Result<String> {
+        let s = self.status()?;
+        Ok(s["booted"]["version"].as_str().unwrap_or("?").to_owned())
+    }
+
+    /// The one-word state of version `id`, as `cairnctl status` shows it.
+    pub fn state_of(&mut self, id: &str) -> Result<String> {
+        let s = self.status()?;
+        Ok(s["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["id"] == id)
+            .and_then(|v| v["state"].as_str())
+            .unwrap_or("absent")
+            .to_owned())
+    }
+
+    /// A digest of every file of customer data (`/var/lib/app`).
+    pub fn data_digest(&mut self) -> Result<String> {
+        let out = self.sh(
+            "(cd /var/lib/app && find . -type f | sort | xargs -r sha256sum) | sha256sum | cut -c1-16",
+        )?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// Waits for the next boot to reach the root shell and finish starting up.
+    pub fn wait_boot(&mut self) -> Result<()> {
+        self.boots += 1;
+        self.vm.wait_shell(BOOT)?;
+        // Startup done (a trial's health check included); `degraded` is fine here.
+        let _ = self.vm.sh("systemctl is-system-running --wait", 600)?;
+        Ok(())
+    }
+
+    /// Reboots from the shell and waits for the next boot.
+    pub fn reboot(&mut self) -> Result<()> {
+        self.vm.send("systemctl reboot\n")?;
+        self.wait_boot()
+    }
+
+    /// Cuts the power, then powers the same disk on again (a cold boot, no saved state).
+    pub fn power_cycle(mut self, img: &DemoImage) -> Result<Self> {
+        let disk = self.disk.clone();
+        let log = self.log.with_extension("after-power-loss.log");
+        let echo = self.echo;
+        let boots = self.boots;
+        self.vm.kill()?;
+        let vm = Appliance::start(img, &disk, None, &log, echo)?;
+        let mut b = Self {
+            vm,
+            disk,
+            log,
+            echo,
+            boots,
+        };
+        b.wait_boot()?;
+        Ok(b)
+    }
+
+    /// Installs update bundle `n` from the stick.
+    pub fn install(&mut self, n: u32) -> Result<()> {
+        self.sh(&format!("cairnctl install /media/stick/demo-{n}.cairn"))
+            .map(drop)
+    }
+
+    /// In GRUB's menu (the box is rebooting): Recovery, then the `index`-th entry (0 is
+    /// the first), or a path of indexes through submenus.
+    pub fn grub_choose(&mut self, path: &[usize]) -> Result<()> {
+        self.vm.wait_for("Recovery", BOOT)?;
+        // Stop the countdown, go down to "Recovery", open it.
+        self.vm.send("\x1b[B")?;
+        std::thread::sleep(Duration::from_millis(300));
+        self.vm.send("\r")?;
+        for (depth, &i) in path.iter().enumerate() {
+            // Wait for the next menu to be drawn before moving in it.
+            self.vm
+                .wait_for("Use the", Duration::from_secs(60))
+                .with_context(|| format!("GRUB submenu at depth {depth}"))?;
+            std::thread::sleep(Duration::from_millis(500));
+            for _ in 0..i {
+                self.vm.send("\x1b[B")?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            self.vm.send("\r")?;
+        }
+        Ok(())
+    }
+}
+
+type Scenario = fn(&mut Device, &DemoImage) -> Result<String>;
+
+/// The operator scenarios; each returns a one-line account of what it showed.
+pub const SCENARIOS: &[(&str, Scenario)] = &[
+    ("upgrade_trial_confirm", upgrade_trial_confirm),
+    ("failing_health_check_falls_back", failing_health_check_falls_back),
+    ("hanging_trial_falls_back_after_attempts", hanging_trial_falls_back),
+    ("rollback_many_steps_and_roll_forward", rollback_and_forward),
+    ("older_version_from_grub_menu", older_version_from_grub),
+    ("factory_reset_from_cli", factory_reset_from_cli),
+    ("factory_reset_from_grub_menu", factory_reset_from_grub),
+];
+
+/// Orders: customer data written before anything else happens.
+fn customer_data(b: &mut Device) -> Result<String> {
+    b.sh("demo-app order 'pallet of widgets' && demo-app order '3 spare rotors'")?;
+    b.data_digest()
+}
+
+fn upgrade_trial_confirm(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    b.install(2)?;
+    ensure!(b.state_of("2")? == "staged", "2 is staged after install");
+    b.sh("cairnctl activate --try 2")?;
+    b.reboot()?;
+    ensure!(b.running()? == "2", "the trial boots 2");
+    let st = b.state_of("2")?;
+    ensure!(st == "active", "2 confirmed by its health check, state {st}");
+    let app = b.sh("demo-app status")?;
+    ensure!(
+        app.contains("demo-app 2 serving") && app.contains("[blue]"),
+        "2 runs with its migrated config (schema 2, color from the migration): {app}"
+    );
+    // The older version's config is its own: the migration did not touch it.
+    b.sh("mkdir -p /mnt/old && cairnctl mount 1 --config /mnt/old")?;
+    let old = b.sh("cat /mnt/old/app.conf")?;
+    ensure!(
+        old.contains("schema=1") && old.contains("greeting="),
+        "1's config untouched by 2's migration: {old}"
+    );
+    b.sh("cairnctl unmount /mnt/old")?;
+    ensure!(b.data_digest()? == data, "data unchanged by the upgrade");
+    // The next boot is a normal one of 2.
+    b.reboot()?;
+    ensure!(b.running()? == "2", "2 stays the default");
+    Ok("2 installed, tried, confirmed by its health check; 1's config untouched; data identical".into())
+}
+
+fn failing_health_check_falls_back(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    for n in [2, 3, 4] {
+        b.install(n)?;
+    }
+    b.sh("cairnctl activate --try 4")?;
+    // The trial boot fails its health check, marks 4 failed and reboots by itself.
+    b.vm.send("systemctl reboot\n")?;
+    b.vm
+        .wait_for("cairn.boot=trial", BOOT)
+        .or_else(|_| b.vm.wait_for("(trial)", BOOT))
+        .context("the trial boot of 4")?;
+    b.wait_boot()?;
+    let running = b.running()?;
+    ensure!(running == "1", "fell back to 1 with no operator action, runs {running}");
+    let st = b.state_of("4")?;
+    ensure!(st == "failed", "4 is marked failed, state {st}");
+    let reason = b.sh("cairnctl show 4")?;
+    ensure!(
+        reason.contains("health check failed"),
+        "the reason names the health check: {reason}"
+    );
+    ensure!(b.data_digest()? == data, "data unchanged");
+    Ok("4's trial failed its health check; the box rebooted into 1 by itself; 4 failed with the reason".into())
+}
+
+fn hanging_trial_falls_back(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    for n in [2, 3, 5] {
+        b.install(n)?;
+    }
+    b.sh("cairnctl activate --try 5 --attempts 2")?;
+    b.vm.send("systemctl reboot\n")?;
+    // Two trial boots hang in demo-app; the trial deadline reboots each; then 1 again.
+    for attempt in 1..=2 {
+        b.vm
+            .wait_for("waiting for a device that never appears", BOOT)
+            .with_context(|| format!("trial attempt {attempt} of 5"))?;
+    }
+    b.wait_boot()?;
+    let running = b.running()?;
+    ensure!(running == "1", "after the attempts ran out 1 boots, runs {running}");
+    let st = b.state_of("5")?;
+    ensure!(st == "failed", "5 marked failed by reconcile, state {st}");
+    ensure!(b.data_digest()? == data, "data unchanged");
+    Ok("5 hung on both trial boots; each was rebooted at the trial deadline; then 1 booted and 5 was marked failed".into())
+}
+
+fn rollback_and_forward(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    b.install(2)?;
+    b.install(3)?;
+    b.sh("cairnctl activate 3")?;
+    b.reboot()?;
+    ensure!(b.running()? == "3", "3 runs");
+    b.sh("cairnctl rollback 2")?;
+    b.reboot()?;
+    ensure!(b.running()? == "1", "two steps back is 1");
+    let app = b.sh("demo-app status")?;
+    ensure!(
+        app.contains("demo-app 1 serving: Welcome"),
+        "1 runs with its own schema-1 config: {app}"
+    );
+    b.sh("cairnctl roll-forward")?;
+    b.reboot()?;
+    let r = b.running()?;
+    ensure!(r == "2", "roll forward goes to the next newer kept version, runs {r}");
+    ensure!(b.data_digest()? == data, "data unchanged through rollbacks");
+    Ok("3 -> rollback 2 steps -> 1 (own config) -> roll forward -> 2; data identical".into())
+}
+
+fn older_version_from_grub(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    b.install(2)?;
+    b.sh("cairnctl activate 2")?;
+    b.reboot()?;
+    ensure!(b.running()? == "2", "2 is the default");
+    b.vm.send("systemctl reboot\n")?;
+    // Recovery lists versions newest first: 2, then 1.
+    b.grub_choose(&[1])?;
+    b.wait_boot()?;
+    let s = b.status()?;
+    ensure!(
+        s["booted"]["version"] == "1" && s["booted"]["kind"] == "once",
+        "1 booted once from the menu: {}",
+        s["booted"]
+    );
+    ensure!(
+        s["boot"]["default"] == "2",
+        "the default stays 2: {}",
+        s["boot"]
+    );
+    b.reboot()?;
+    ensure!(b.running()? == "2", "the next boot is 2 again");
+    ensure!(b.data_digest()? == data, "data unchanged");
+    Ok("chose 1 in GRUB's Recovery menu over the serial console: booted once, then 2 again".into())
+}
+
+fn factory_reset_from_cli(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    b.install(2)?;
+    b.sh("cairnctl activate 2")?;
+    b.reboot()?;
+    // config: this version's defaults come back; the old config is kept aside.
+    b.sh("sed -i 's/^color=.*/color=hotpink/' /etc/appliance/app.conf")?;
+    let plan = b.sh("cairnctl factory-reset config --dry-run")?;
+    ensure!(plan.contains("clone"), "the dry run lists the steps: {plan}");
+    b.sh("cairnctl factory-reset config")?;
+    b.reboot()?;
+    let conf = b.sh("cat /etc/appliance/app.conf")?;
+    ensure!(
+        conf.contains("color=green") && !conf.contains("hotpink"),
+        "2's shipped defaults after a config reset: {conf}"
+    );
+    ensure!(b.data_digest()? == data, "config reset keeps data");
+    // system: a fresh clone of the factory baseline becomes the default; data kept.
+    b.sh("cairnctl factory-reset system")?;
+    b.reboot()?;
+    let app = b.sh("demo-app status")?;
+    ensure!(
+        app.contains("demo-app 1 serving"),
+        "the factory release runs: {app}"
+    );
+    ensure!(b.data_digest()? == data, "system reset keeps data");
+    ensure!(b.state_of("2")? != "absent", "2 stays installed");
+    // full: refused without the token, then data is erased.
+    let (rc, out) = b.sh_rc("cairnctl factory-reset full")?;
+    ensure!(rc != 0, "full reset without the token is refused: {out}");
+    ensure!(b.data_digest()? == data, "a refused full reset changes nothing");
+    b.sh("cairnctl factory-reset full --confirm ERASE-ALL-DATA")?;
+    b.reboot()?;
+    let orders = b.sh("demo-app status")?;
+    ensure!(orders.contains("orders: 0"), "data erased by a full reset: {orders}");
+    Ok("config reset restored 2's defaults; system reset booted the factory release with data kept; full reset (token required) erased data".into())
+}
+
+fn factory_reset_from_grub(b: &mut Device, _: &DemoImage) -> Result<String> {
+    let data = customer_data(b)?;
+    b.install(2)?;
+    b.sh("cairnctl activate 2")?;
+    b.reboot()?;
+    b.vm.send("systemctl reboot\n")?;
+    // Recovery: [2, 1, Factory reset]; Factory reset: [config, system, full]; then
+    // the confirmation submenu: [Back, Yes].
+    b.grub_choose(&[2, 1, 1])?;
+    // cairn-reset.service resets before data is mounted, then reboots by itself.
+    b.wait_boot()?;
+    let app = b.sh("demo-app status")?;
+    ensure!(
+        app.contains("demo-app 1 serving"),
+        "the factory release runs after a system reset from the menu: {app}"
+    );
+    ensure!(b.data_digest()? == data, "a system reset keeps data");
+    b.vm.send("systemctl reboot\n")?;
+    // Recovery now: [1 (the reset's new clone), 2, 1?...]: find the reset submenu by
+    // counting the listed versions.
+    let versions = 3;
+    b.grub_choose(&[versions, 2, 1])?;
+    b.wait_boot()?;
+    let orders = b.sh("demo-app status")?;
+    ensure!(orders.contains("orders: 0"), "full reset from the menu erased data: {orders}");
+    Ok("system reset from GRUB's menu (data kept), then full reset from the menu (data erased)".into())
+}
+
+/// The named steps cut by power loss: (operation:step, what drives the box there).
+pub const POWER_STEPS: &[&str] = &[
+    "upgrade:snapshot",
+    "upgrade:receive",
+    "upgrade:clone-config",
+    "upgrade:defaults",
+    "upgrade:migrate",
+    "upgrade:mark-staged",
+    "activate:boot",
+    "activate:bootfs",
+    "activate:lkg",
+    "confirm:boot",
+    "confirm:lkg",
+    "confirm:bootfs",
+    "confirm:mark",
+    "reset-config:clone-defaults",
+    "reset-config:keep-old",
+    "reset-config:swap",
+    "reset-system:clone-root",
+    "reset-system:clone-config",
+    "reset-system:activate",
+    "reset-full:clone-root",
+    "reset-full:clone-config",
+    "reset-full:activate",
+    "reset-full:erase-data",
+    "cleanup:expiries",
+    "cleanup:remove",
+];
+
+/// Arms cairnd (after a restart) to halt at `point` and announce it on ttyS1.
+fn arm(b: &mut Device, point: &str, root: &str) -> Result<()> {
+    b.sh(&format!(
+        "mkdir -p {root}/etc/systemd/system/cairnd.service.d && printf '[Service]\\nEnvironment=CAIRN_CRASH_AT={point} CAIRN_CRASH_CHANNEL=/dev/ttyS1\\n' > {root}/etc/systemd/system/cairnd.service.d/power-loss.conf"
+    ))?;
+    Ok(())
+}
+
+fn arm_running(b: &mut Device, point: &str) -> Result<()> {
+    arm(b, point, "/run")?;
+    // /run/systemd/system is a unit directory; the drop-in applies after a restart.
+    b.sh("mv /run/etc/systemd/system/cairnd.service.d /run/systemd/system/ && systemctl daemon-reload && systemctl restart cairnd")?;
+    Ok(())
+}
+
+/// One power-loss case: drive the box to `point`, cut the power there, boot again, and
+/// report (booted version, data intact, consistent).
+fn power_loss(img: &DemoImage, work: &Path, point: &str) -> Result<(String, bool, String)> {
+    let name = format!("power-{}", point.replace(':', "-"));
+    let mut b = Device::resume(img, work, &name, false)?;
+    let data = customer_data(&mut b)?;
+    let (op, _) = point.split_once(':').context("op:step")?;
+    match op {
+        "upgrade" => {
+            arm_running(&mut b, point)?;
+            b.vm.send("cairnctl install /media/stick/demo-2.cairn &\n")?;
+        }
+        "activate" => {
+            b.install(2)?;
+            arm_running(&mut b, point)?;
+            b.vm.send("cairnctl activate 2 &\n")?;
+        }
+        "confirm" => {
+            b.install(2)?;
+            // The trial boot's health check confirms: arm cairnd in 2's own root.
+            b.sh("mkdir -p /mnt/v2 && mount -t zfs -o zfsutil rpool/ROOT/2 /mnt/v2")?;
+            arm(&mut b, point, "/mnt/v2")?;
+            b.sh("umount /mnt/v2 && cairnctl activate --try 2")?;
+            b.vm.send("systemctl reboot\n")?;
+        }
+        "reset-config" => {
+            b.install(2)?;
+            b.sh("cairnctl activate 2")?;
+            b.reboot()?;
+            arm_running(&mut b, point)?;
+            b.vm.send("cairnctl factory-reset config &\n")?;
+        }
+        "reset-system" => {
+            arm_running(&mut b, point)?;
+            b.vm.send("cairnctl factory-reset system &\n")?;
+        }
+        "reset-full" => {
+            arm_running(&mut b, point)?;
+            b.vm
+                .send("cairnctl factory-reset full --confirm ERASE-ALL-DATA &\n")?;
+        }
+        "cleanup" => {
+            // Versions to remove: 2 and 3 installed, never booted, expired at once.
+            b.install(2)?;
+            b.install(3)?;
+            b.sh("mkdir -p /etc/cairn && printf 'keep_min: 1\\nkeep_max: 1\\ngrace_days: 0\\n' > /etc/cairn/retention.yaml")?;
+            arm_running(&mut b, point)?;
+            b.vm.send("cairnctl cleanup &\n")?;
+        }
+        other => bail!("no driver for {other}"),
+    }
+    b.vm.wait_step(point, BOOT)?;
+    let mut b = b.power_cycle(img)?;
+    let s = b.status()?;
+    let booted = s["booted"]["version"].as_str().unwrap_or("?").to_owned();
+    let erased = op == "reset-full" && point != "reset-full:clone-root";
+    let digest = b.data_digest()?;
+    let intact = if op == "reset-full" {
+        // A full reset that was started erases data once reconcile finishes it, or
+        // leaves it untouched if it had not yet been recorded: never anything between.
+        let empty = b.sh("demo-app status")?.contains("orders: 0");
+        digest == data || (erased && empty)
+    } else {
+        digest == data
+    };
+    let op_left = b.sh("zfs get -H -o value cairn:op rpool/ROOT")?;
+    let staging = s["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["state"] == "staging");
+    let consistent = if op_left.trim() == "-" && !staging {
+        "consistent".to_owned()
+    } else {
+        format!("inconsistent (op {op_left:?}, staging {staging})")
+    };
+    Ok((booted, intact, consistent))
+}
+
+/// `cargo xtask vm-test --e2e`: every scenario, then the power-loss table.
+pub fn run(filter: Option<&str>) -> Result<()> {
+    let total = Instant::now();
+    let img = crate::appliance::image()?;
+    let work = vm::work_dir("e2e")?;
+    let mut failed = Vec::new();
+    let mut passed = 0;
+    for (name, scenario) in SCENARIOS {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let start = Instant::now();
+        let result = Device::resume(&img, &work, name, false).and_then(|mut b| {
+            let r = scenario(&mut b, &img);
+            r.map(|what| (what, b.boots))
+        });
+        match result {
+            Ok((what, boots)) => {
+                passed += 1;
+                println!(
+                    "e2e {name} ... ok ({boots} boots, {:.0?}): {what}",
+                    start.elapsed()
+                );
+            }
+            Err(e) => {
+                println!(
+                    "e2e {name} ... FAILED ({:.0?}): {e:#}\n  console: {}",
+                    start.elapsed(),
+                    work.join(format!("{name}.log")).display()
+                );
+                failed.push(name.to_string());
+            }
+        }
+    }
+    let mut table = String::from("| step | booted after power loss | data intact | state |\n|---|---|---|---|\n");
+    let mut covered = 0;
+    for point in POWER_STEPS {
+        if filter.is_some_and(|f| !point.contains(f) && !"power".contains(f)) {
+            continue;
+        }
+        let start = Instant::now();
+        match power_loss(&img, &work, point) {
+            Ok((booted, intact, consistent)) => {
+                let ok = intact && consistent == "consistent" && booted != "?";
+                table.push_str(&format!(
+                    "| {point} | {booted} | {} | {consistent} |\n",
+                    if intact { "yes" } else { "NO" }
+                ));
+                println!(
+                    "e2e power-loss {point} ... {} ({:.0?}): booted {booted}, data {}, {consistent}",
+                    if ok { "ok" } else { "FAILED" },
+                    start.elapsed(),
+                    if intact { "intact" } else { "CHANGED" }
+                );
+                if ok {
+                    covered += 1;
+                    passed += 1;
+                } else {
+                    failed.push(format!("power-loss {point}"));
+                }
+            }
+            Err(e) => {
+                table.push_str(&format!("| {point} | - | - | case failed: {} |\n", first_line(&e)));
+                println!("e2e power-loss {point} ... FAILED ({:.0?}): {e:#}", start.elapsed());
+                failed.push(format!("power-loss {point}"));
+            }
+        }
+    }
+    println!("\npower loss, {covered} of {} steps covered:\n{table}", POWER_STEPS.len());
+    std::fs::write(work.join("power-loss.md"), &table)?;
+    println!(
+        "e2e: {passed} passed, {} failed, in {:.0?}",
+        failed.len(),
+        total.elapsed()
+    );
+    if !failed.is_empty() {
+        bail!("failed on the demo appliance:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+fn first_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or("").replace('|', "/")
+}
+
+/// Prints a narration line between console output.
+fn say(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+/// `cargo xtask demo`: the walk-through an operator would do, on the real console.
+pub fn demo() -> Result<()> {
+    let start = Instant::now();
+    let img = crate::appliance::image()?;
+    let work = vm::work_dir("demo")?;
+    say("The demo appliance, booted from its factory image (version 1), at its root console");
+    let mut b = Device::resume(&img, &work, "demo", true)?;
+    b.sh("cairnctl status")?;
+    say("The application keeps customer orders on the shared data dataset");
+    b.sh("demo-app order 'pallet of widgets'; demo-app status")?;
+    say("Install update 2 from the USB stick: verified, then staged beside the running system");
+    b.sh("ls /media/stick; cairnctl install /media/stick/demo-2.cairn")?;
+    b.sh("cairnctl activate --try 2")?;
+    say("Reboot into the trial; the health check confirms 2");
+    b.reboot()?;
+    b.sh("cairnctl status; demo-app status; cat /etc/appliance/app.conf")?;
+    say("Version 1's own configuration was not touched by 2's migration");
+    b.sh("mkdir -p /mnt/old && cairnctl mount 1 --config /mnt/old && cat /mnt/old/app.conf; cairnctl unmount /mnt/old")?;
+    say("Install 3 (a delta from 2) and 4, which fails its health check");
+    b.sh("cairnctl install /media/stick/demo-3.cairn && cairnctl install /media/stick/demo-4.cairn && cairnctl activate --try 4")?;
+    b.vm.send("systemctl reboot\n")?;
+    say("4's trial boot fails its health check and reboots into 2 by itself");
+    b.wait_boot()?;
+    b.sh("cairnctl status; cairnctl show 4")?;
+    say("Roll back one step from the CLI");
+    b.sh("cairnctl rollback")?;
+    b.reboot()?;
+    b.sh("cairnctl status; demo-app status")?;
+    say("Boot an older version once from GRUB's Recovery menu (2)");
+    b.vm.send("systemctl reboot\n")?;
+    b.grub_choose(&[1])?;
+    b.wait_boot()?;
+    b.sh("cairnctl status")?;
+    say("Factory reset (system): a fresh factory version becomes the default; data is kept");
+    b.sh("cairnctl factory-reset system --dry-run; cairnctl factory-reset system")?;
+    b.reboot()?;
+    b.sh("cairnctl status; demo-app status; cairnctl journal | tail -n 8")?;
+    say(&format!(
+        "Done in {:.0?}; the whole console is in {}",
+        start.elapsed(),
+        work.join("demo.log").display()
+    ));
+    Ok(())
+}
