@@ -28,7 +28,8 @@ cp -ax / "$T/"
 # What an appliance does not need: compilers, headers, DKMS sources, caches, docs.
 rm -rf "$T"/usr/src/* "$T"/usr/lib/gcc "$T"/usr/libexec/gcc "$T"/var/lib/dkms \
   "$T"/var/cache/apt/* "$T"/var/lib/apt/lists/* "$T"/usr/share/doc "$T"/usr/share/man \
-  "$T"/usr/share/locale "$T"/sbin/cairn-guest-init "$T"/payload "$T"/scratch
+  "$T"/usr/share/locale "$T"/sbin/cairn-guest-init "$T"/payload "$T"/scratch \
+  "$T"/etc/zfs/zpool.cache
 for d in proc sys dev run tmp; do mkdir -p "$T/$d"; done
 kver=$(ls "$T/lib/modules" | sort -V | tail -n1)
 rm -rf "$T/lib/modules/$kver/build" "$T/lib/modules/$kver/source"

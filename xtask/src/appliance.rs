@@ -24,10 +24,6 @@ pub struct DemoImage {
 }
 
 impl DemoImage {
-    /// The provisioned, never booted disk.
-    pub fn disk(&self) -> PathBuf {
-        self.dir.join("disk.qcow2")
-    }
     /// The "USB stick" with the update bundles 2-5 and the vendor key.
     pub fn stick(&self) -> PathBuf {
         self.dir.join("stick.img")
@@ -160,6 +156,10 @@ pub fn image() -> Result<DemoImage> {
     )?;
     std::fs::remove_file(&target)?;
     std::fs::remove_dir_all(&payload)?;
+    // The builder's own disks are not part of the image.
+    for f in ["payload.ext4", "results.img", "root.qcow2", "scratch.img"] {
+        let _ = std::fs::remove_file(tmp.join(f));
+    }
     eprintln!(
         "demo-image: disk assembled in {:.0?}; first boot",
         start.elapsed()
@@ -183,10 +183,18 @@ pub fn image() -> Result<DemoImage> {
 /// saves the running VM, so every scenario starts from a booted box in seconds.
 fn first_boot(img: &DemoImage) -> Result<()> {
     let (disk, state) = img.booted();
-    overlay(&img.disk(), &disk)?;
+    // Relative backing name: the image is built in one directory and renamed after.
+    overlay(Path::new("disk.qcow2"), &disk)?;
     let mut vm = Appliance::start(img, &disk, None, &img.dir.join("first-boot.log"), false)?;
     vm.wait_shell(Duration::from_secs(600))?;
+    let _ = vm.sh("systemctl is-system-running --wait", 600)?;
     vm.sh_ok("cairnctl status >/dev/null", 120)?;
+    // A unit failing on a clean first boot would fail every trial's health check.
+    let failed = vm.sh_ok("systemctl list-units --failed --plain --no-legend", 120)?;
+    ensure!(
+        failed.trim().is_empty(),
+        "units failed on the appliance's first boot:\n{failed}"
+    );
     vm.save(&state)?;
     Ok(())
 }
@@ -301,7 +309,7 @@ impl Appliance {
                 buf.lock().unwrap_or_else(|e| e.into_inner()).push_str(&text);
             }
         });
-        Ok(Self {
+        let mut vm = Self {
             child,
             stdin,
             serial,
@@ -309,7 +317,33 @@ impl Appliance {
             monitor,
             steps,
             marker: 0,
-        })
+        };
+        if incoming.is_some() {
+            vm.resume_incoming()?;
+        }
+        Ok(vm)
+    }
+
+    /// The state was saved stopped: once it is loaded, let the VM run.
+    fn resume_incoming(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            if let Some(st) = self.child.try_wait()? {
+                bail!("QEMU exited ({st}) while loading the saved state");
+            }
+            let status = self
+                .monitor("info status", Duration::from_millis(400))
+                .unwrap_or_default();
+            if status.contains("VM status: paused") && !status.contains("inmigrate") {
+                self.monitor("cont", Duration::from_millis(200))?;
+                return Ok(());
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(120),
+                "the saved VM state did not load within 2 minutes: {status}"
+            );
+        }
     }
 
     fn text(&self) -> String {
@@ -357,10 +391,13 @@ impl Appliance {
 
     /// Waits for the autologin root shell of a fresh boot and for the boot to finish.
     pub fn wait_shell(&mut self, timeout: Duration) -> Result<()> {
-        self.wait_for("root@demo:", timeout)?;
+        // Only a fresh boot logs in; a prompt alone may be the old shell's last one.
+        self.wait_for("(automatic login)", timeout)?;
+        self.wait_for("root@demo:", Duration::from_secs(60))?;
         self.wait_for("# ", Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_millis(500));
-        self.sh("export TERM=dumb SYSTEMD_COLORS=0 PAGER=cat; stty cols 200", 60)?;
+        self.sh("stty cols 200", 60)?;
+        self.sh("export TERM=dumb SYSTEMD_COLORS=0 PAGER=cat", 60)?;
         Ok(())
     }
 

@@ -79,6 +79,17 @@ impl Device {
             .to_owned())
     }
 
+    /// How many versions GRUB's Recovery menu lists (staged or confirmed ones).
+    pub fn bootable(&mut self) -> Result<usize> {
+        let s = self.status()?;
+        Ok(s["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["stored"] == "staged" || v["stored"] == "confirmed")
+            .count())
+    }
+
     /// A digest of every file of customer data (`/var/lib/app`).
     pub fn data_digest(&mut self) -> Result<String> {
         let out = self.sh(
@@ -352,10 +363,9 @@ fn factory_reset_from_grub(b: &mut Device, _: &DemoImage) -> Result<String> {
         "the factory release runs after a system reset from the menu: {app}"
     );
     ensure!(b.data_digest()? == data, "a system reset keeps data");
+    // The Recovery menu lists the bootable versions, then "Factory reset".
+    let versions = b.bootable()?;
     b.vm.send("systemctl reboot\n")?;
-    // Recovery now: [1 (the reset's new clone), 2, 1?...]: find the reset submenu by
-    // counting the listed versions.
-    let versions = 3;
     b.grub_choose(&[versions, 2, 1])?;
     b.wait_boot()?;
     let orders = b.sh("demo-app status")?;
