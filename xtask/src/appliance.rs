@@ -63,7 +63,12 @@ fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
         if p.is_dir() {
             hash_tree(h, &p)?;
         } else {
-            h.update(p.strip_prefix(vm::root()).unwrap_or(&p).to_string_lossy().as_bytes());
+            h.update(
+                p.strip_prefix(vm::root())
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
             h.update(std::fs::read(&p)?);
         }
     }
@@ -137,7 +142,11 @@ pub fn image() -> Result<DemoImage> {
         Duration::from_secs(2400),
         &[&target, &stick],
     )?;
-    if let Some(fatal) = outcome.results.lines().find(|l| l.starts_with("CAIRN-FATAL")) {
+    if let Some(fatal) = outcome
+        .results
+        .lines()
+        .find(|l| l.starts_with("CAIRN-FATAL"))
+    {
         bail!(
             "building the demo appliance failed: {fatal}; see {}",
             tmp.join("serial.log").display()
@@ -166,7 +175,10 @@ pub fn image() -> Result<DemoImage> {
     );
     let staged = DemoImage { dir: tmp.clone() };
     first_boot(&staged)?;
-    std::fs::write(tmp.join("ready"), format!("built in {:?}\n", start.elapsed()))?;
+    std::fs::write(
+        tmp.join("ready"),
+        format!("built in {:?}\n", start.elapsed()),
+    )?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir)?;
     for e in std::fs::read_dir(vm::cache_dir())?.flatten() {
@@ -306,7 +318,9 @@ impl Appliance {
                     print!("{text}");
                     let _ = std::io::stdout().flush();
                 }
-                buf.lock().unwrap_or_else(|e| e.into_inner()).push_str(&text);
+                buf.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
             }
         });
         let mut vm = Self {
@@ -413,16 +427,27 @@ impl Appliance {
             let text = self.text();
             let rest = &text[self.cursor..];
             let tail = format!(":{n}@@");
-            if let Some(end) = rest.find(&tail) {
+            // The result is `@@<digits>:n@@`; the command's own echo (`@@$?:n@@`) may
+            // show up again when the shell redraws a line typed ahead of its prompt.
+            let found = rest.match_indices(&tail).find_map(|(end, _)| {
                 let head = &rest[..end];
-                let at = head.rfind("@@").context("marker start")?;
-                let rc: i32 = head[at + 2..].trim().parse().unwrap_or(-1);
-                let out = head[..at].trim_start_matches('\n').to_owned();
+                let at = head.rfind("@@")?;
+                let digits = &head[at + 2..];
+                (!digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()))
+                    .then(|| (end, at, digits.parse::<i32>().unwrap_or(-1)))
+            });
+            if let Some((end, at, rc)) = found {
+                let echo = format!("echo \"@@$?:{n}@@\"");
+                let out: Vec<&str> = rest[..at].lines().filter(|l| !l.contains(&echo)).collect();
+                let out = out.join("\n").trim_start_matches('\n').to_owned();
                 self.cursor += end + tail.len();
                 return Ok((rc, out));
             }
             if let Some(st) = self.child.try_wait()? {
                 bail!("the appliance VM exited ({st}) while running `{cmd}`");
+            }
+            if rest.contains("cairn: booting") {
+                bail!("the appliance rebooted while running `{cmd}`:\n{rest}");
             }
             if start.elapsed() > Duration::from_secs(timeout_secs) {
                 bail!("`{cmd}` did not finish within {timeout_secs} s:\n{rest}");

@@ -12,8 +12,9 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  test                  everything CI runs: host packages, `cargo test`, then the
-                        real-ZFS suites in the guest (vm-test)
+  test                  everything CI runs: host packages, `cargo test`, the
+                        real-ZFS suites in the guest (vm-test), then the demo
+                        appliance end to end (vm-test --e2e)
   demo                  the demo appliance in a VM: install, trial, confirm, rollback,
                         an older version from the GRUB menu, factory reset
   demo-image            build (or reuse from cache) the demo appliance disk, its
@@ -56,13 +57,16 @@ fn run() -> Result<()> {
         "test" => {
             vm::host_deps()?;
             vm::cargo_test()?;
-            vm::test(None, 2400)
+            vm::test(None, 2400)?;
+            e2e::run(None)
         }
         "demo" => {
             vm::host_deps()?;
             e2e::demo()
         }
-        "demo-image" => appliance::image().map(|d| println!("demo appliance ready: {}", d.dir.display())),
+        "demo-image" => {
+            appliance::image().map(|d| println!("demo appliance ready: {}", d.dir.display()))
+        }
         "vm-image" => vm::image().map(|g| println!("guest image ready: {}", g.dir.display())),
         "vm-test" if args.iter().any(|a| a == "--e2e") => e2e::run(opt("--filter").as_deref()),
         "vm-test" => {

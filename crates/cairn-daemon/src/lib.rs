@@ -53,7 +53,12 @@ pub fn real_engine(cfg: &RealConfig) -> anyhow::Result<(Arc<Engine>, service::Af
     std::fs::create_dir_all(&cfg.work)
         .with_context(|| format!("creating {}", cfg.work.display()))?;
     let journal = match &cfg.altroot {
-        Some(alt) => alt.join(layout.journal_mountpoint.strip_prefix("/").unwrap_or(&layout.journal_mountpoint)),
+        Some(alt) => alt.join(
+            layout
+                .journal_mountpoint
+                .strip_prefix("/")
+                .unwrap_or(&layout.journal_mountpoint),
+        ),
         None => layout.journal_mountpoint.clone(),
     };
     let host = Arc::new(cairn_engine::RealHost::new(

@@ -170,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
         if engine.versions().is_err() {
             engine.init("provision")?;
         }
-        let file = std::fs::File::open(bundle)
-            .with_context(|| format!("opening {}", bundle.display()))?;
+        let file =
+            std::fs::File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
         let app = cairn_bundle::install::Appliance {
             keys,
             product: args.product_id.clone(),

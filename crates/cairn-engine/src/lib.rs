@@ -1498,7 +1498,11 @@ impl Engine {
     /// done now is journaled where it belongs, not hidden under the later mount.
     pub fn mount_journal(&self) -> Result<()> {
         let ds = self.layout.journal();
-        if self.get_prop(&(&ds).into(), &PropName::native("mounted"))?.as_deref() == Some("yes") {
+        if self
+            .get_prop(&(&ds).into(), &PropName::native("mounted"))?
+            .as_deref()
+            == Some("yes")
+        {
             return Ok(());
         }
         self.zfs.mount(

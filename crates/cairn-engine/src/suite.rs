@@ -119,10 +119,7 @@ pub const CASES: &[(&str, Case)] = &[
         "factory_baseline_is_held_and_never_booted",
         factory_baseline_is_held_and_never_booted,
     ),
-    (
-        "delta_onto_the_factory_clone",
-        delta_onto_the_factory_clone,
-    ),
+    ("delta_onto_the_factory_clone", delta_onto_the_factory_clone),
     (
         "reset_config_gives_this_versions_defaults",
         reset_config_gives_this_versions_defaults,
