@@ -110,11 +110,14 @@ zpool create -f -o compatibility=grub2 -o ashift=12 -O compression=lz4 -O atime=
   -O acltype=posixacl -O xattr=sa -O mountpoint=none -O canmount=off -R /target rpool ${D}3
 mkdir -p /target-boot && mount ${D}2 /target-boot
 mkdir -p /target-boot/grub
-$P/bin/cairnd --altroot /target --layout "$T/etc/cairn/layout.yaml" \
-  --keys-dir "$T/etc/cairn/keys" --grubenv /target-boot/grubenv --grub-dir /target-boot/grub \
-  --product "Demo Appliance" \
-  --cmdline "console=ttyS0,115200 quiet loglevel=3 systemd.show_status=0" \
-  provision $B/demo-1.cairn | tee -a "$R"
+# The same settings the appliance's units read, so the first menu matches later ones.
+(
+  set -a
+  . "$T/etc/default/cairnd"
+  $P/bin/cairnd --altroot /target --layout "$T/etc/cairn/layout.yaml" \
+    --keys-dir "$T/etc/cairn/keys" --grubenv /target-boot/grubenv \
+    --grub-dir /target-boot/grub provision $B/demo-1.cairn
+) | tee -a "$R"
 # GRUB for BIOS: core.img in the BIOS boot partition, prefix on CAIRNBOOT.
 grub-install --target=i386-pc --boot-directory=/target-boot \
   --modules="part_gpt ext2" $D

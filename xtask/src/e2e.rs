@@ -631,10 +631,16 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         .map(|(n, f)| Case::Scenario(n, *f))
         .chain(POWER_STEPS.iter().map(|p| Case::Power(p)))
         .collect();
+    // A filter is a comma-separated list of name fragments; `:` matches every
+    // power-loss step (`op:step`).
     if let Some(f) = filter {
-        cases.retain(|c| match c {
-            Case::Scenario(n, _) => n.contains(f),
-            Case::Power(p) => p.contains(f) || f == "power-loss",
+        let parts: Vec<&str> = f.split(',').filter(|p| !p.is_empty()).collect();
+        cases.retain(|c| {
+            let name = match c {
+                Case::Scenario(n, _) => n,
+                Case::Power(p) => p,
+            };
+            parts.iter().any(|p| name.contains(p))
         });
     }
     let lanes: usize = std::env::var("CAIRN_E2E_LANES")

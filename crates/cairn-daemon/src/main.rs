@@ -35,19 +35,19 @@ struct Args {
     #[arg(long, default_value = "CAIRNBOOT")]
     env_label: String,
     /// Product name in the boot menu.
-    #[arg(long, default_value = "Appliance")]
+    #[arg(long, env = "CAIRN_PRODUCT", default_value = "Appliance")]
     product: String,
     /// Extra kernel arguments for every menu entry.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "CAIRN_CMDLINE", default_value = "")]
     cmdline: String,
     /// Vendor public keys (minisign `.pub` files) bundles must be signed with.
     #[arg(long, default_value = "/etc/cairn/keys")]
     keys_dir: std::path::PathBuf,
     /// This appliance's product id, as bundles name it.
-    #[arg(long, default_value = "demo-appliance")]
+    #[arg(long, env = "CAIRN_PRODUCT_ID", default_value = "demo-appliance")]
     product_id: String,
     /// This appliance's hardware id, as bundles list it.
-    #[arg(long, default_value = "demo-x86")]
+    #[arg(long, env = "CAIRN_HARDWARE_ID", default_value = "demo-x86")]
     hardware_id: String,
     /// The appliance's support signing key (made on first use); its `.pub` goes to the vendor.
     #[arg(long, default_value = "/etc/cairn/support.key")]
