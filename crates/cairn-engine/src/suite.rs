@@ -121,6 +121,10 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("delta_onto_the_factory_clone", delta_onto_the_factory_clone),
     (
+        "early_boot_mounts_the_booted_config",
+        early_boot_mounts_the_booted_config,
+    ),
+    (
         "reset_config_gives_this_versions_defaults",
         reset_config_gives_this_versions_defaults,
     ),
@@ -1412,6 +1416,33 @@ fn provisioned_factory(w: &mut dyn World) -> Vendor {
     w.h()
         .write_file(&data_ds(w), "customer.db", b"precious customer data");
     vendor
+}
+
+/// `cairnd mount-config` at boot: the booted version's own config dataset, at the
+/// layout's config path; the journal mount is idempotent.
+fn early_boot_mounts_the_booted_config(w: &mut dyn World) {
+    let _vendor = provisioned(w);
+    w.engine()
+        .mount_journal()
+        .expect("journal already mounted: no-op");
+    let at = w
+        .engine()
+        .mount_booted_config()
+        .expect("mount")
+        .expect("booted through cairn's menu");
+    assert_eq!(at, w.engine().layout().config_mountpoint);
+    let cfg = w.engine().layout().config(&id("1.0"));
+    let mounted = w
+        .h()
+        .zfs()
+        .get(&(&cfg).into(), &[PropName::native("mounted")])
+        .expect("get");
+    assert_eq!(
+        mounted.values().next().and_then(|v| v.value.as_deref()),
+        Some("yes"),
+        "1.0's config is mounted"
+    );
+    w.engine().unmount(&at).expect("unmount");
 }
 
 /// The first version is a clone of the baseline with no snapshot of its own: a vendor
