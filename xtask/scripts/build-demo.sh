@@ -54,7 +54,7 @@ printf '127.0.0.1 localhost\n127.0.1.1 demo\n' >"$T/etc/hosts"
 cat >"$T/etc/fstab" <<'FSTAB'
 LABEL=CAIRNBOOT /boot/cairn ext4 defaults,nofail 0 2
 # The demo's "USB stick" with update bundles.
-LABEL=BUNDLES /media/stick ext4 ro,nofail,x-systemd.device-timeout=10s 0 0
+LABEL=BUNDLES /media/stick ext4 ro,nofail,x-systemd.device-timeout=90s 0 0
 FSTAB
 mkdir -p "$T/media/stick" "$T/boot/cairn" "$T/etc/appliance" "$T/var/lib/app"
 : >"$T/etc/machine-id"
