@@ -141,8 +141,8 @@ impl Device {
         .map(drop)
     }
 
-    /// In GRUB's menu (the box is rebooting): Recovery, then the `index`-th entry (0 is
-    /// the first), or a path of indexes through submenus.
+    /// In GRUB's menu (the box is rebooting): opens Recovery, then follows `path`, the
+    /// index of the entry to choose in each menu in turn (0 is the first).
     pub fn grub_choose(&mut self, path: &[usize]) -> Result<()> {
         self.vm.wait_for("Recovery", BOOT)?;
         // Stop the countdown, go down to "Recovery", open it.
@@ -416,7 +416,8 @@ fn factory_reset_from_grub(b: &mut Device, _: &DemoImage) -> Result<String> {
     )
 }
 
-/// The named steps cut by power loss: (operation:step, what drives the box there).
+/// The named steps cut by power loss (`operation:step`, as the engine names them; the
+/// steps of every mutating operation an operator or the box starts).
 pub const POWER_STEPS: &[&str] = &[
     "upgrade:snapshot",
     "upgrade:receive",
