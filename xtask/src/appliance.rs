@@ -421,7 +421,8 @@ impl Appliance {
         let n = self.marker;
         self.send(&format!("{cmd}; echo \"@@$?:{n}@@\"\n"))?;
         let echoed = format!(":{n}@@\"");
-        self.wait_for(&echoed, Duration::from_secs(30))?;
+        // Generous: with two TCG guests on two cores a loaded guest can take long to echo.
+        self.wait_for(&echoed, Duration::from_secs(180))?;
         let start = Instant::now();
         loop {
             let text = self.text();
