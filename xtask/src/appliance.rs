@@ -175,18 +175,7 @@ pub fn image() -> Result<DemoImage> {
     );
     let staged = DemoImage { dir: tmp.clone() };
     first_boot(&staged)?;
-    std::fs::write(
-        tmp.join("ready"),
-        format!("built in {:?}\n", start.elapsed()),
-    )?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
-    for e in std::fs::read_dir(vm::cache_dir())?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("demo-") && e.path() != dir {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+    vm::publish(&tmp, &dir, "demo-", start)?;
     eprintln!("demo-image: ready in {:.0?}", start.elapsed());
     Ok(img)
 }

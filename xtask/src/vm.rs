@@ -117,21 +117,28 @@ pub fn image() -> Result<Guest> {
         .arg(tmp.join("rootfs.ext4"))
         .arg("6G"))?;
     std::fs::remove_dir_all(&tree)?;
+    publish(&tmp, &dir, "guest-", start)?;
+    eprintln!("vm-image: built in {:.0?}", start.elapsed());
+    Ok(guest)
+}
+
+/// Marks a built cache entry ready, moves it into place, and drops the entries with the
+/// same `prefix` and other keys: they were built from stale inputs, and the cache would
+/// otherwise grow without bound.
+pub fn publish(tmp: &Path, dir: &Path, prefix: &str, start: Instant) -> Result<()> {
     std::fs::write(
         tmp.join("ready"),
         format!("built in {:?}\n", start.elapsed()),
     )?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
-    // Older keys are stale inputs: drop them so the cache does not grow without bound.
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(tmp, dir)?;
     for e in std::fs::read_dir(cache_dir())?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("guest-") && e.path() != dir {
+        if name.starts_with(prefix) && e.path() != dir {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    eprintln!("vm-image: built in {:.0?}", start.elapsed());
-    Ok(guest)
+    Ok(())
 }
 
 /// What a guest run produced.
