@@ -102,6 +102,7 @@ impl Runner {
     /// Runs to completion; returns stdout. Fails with the stderr tail on a non-zero exit.
     pub fn run(&self, cmd: &Cmd) -> Result<String> {
         tracing::debug!(cmd = %cmd.display(), "run");
+        let _timed = Timed::start(cmd);
         let out = cmd
             .command()
             .stdin(Stdio::null())
@@ -120,6 +121,7 @@ impl Runner {
     /// for callers that parse refusals themselves.
     pub fn run_unchecked(&self, cmd: &Cmd) -> Result<Finished> {
         tracing::debug!(cmd = %cmd.display(), "run");
+        let _timed = Timed::start(cmd);
         let out = cmd
             .command()
             .stdin(Stdio::null())
@@ -135,6 +137,7 @@ impl Runner {
     /// Runs with stdout copied into `out`; returns bytes copied and how it finished.
     pub fn run_to_writer(&self, cmd: &Cmd, out: &mut dyn Write) -> Result<(u64, Finished)> {
         tracing::debug!(cmd = %cmd.display(), "run, streaming stdout");
+        let _timed = Timed::start(cmd);
         let mut child = cmd
             .command()
             .stdin(Stdio::null())
@@ -157,6 +160,7 @@ impl Runner {
     /// Runs with stdin fed from `input`; returns how it finished.
     pub fn run_from_reader(&self, cmd: &Cmd, input: &mut dyn Read) -> Result<Finished> {
         tracing::debug!(cmd = %cmd.display(), "run, streaming stdin");
+        let _timed = Timed::start(cmd);
         let mut child = cmd
             .command()
             .stdin(Stdio::piped())
@@ -204,6 +208,39 @@ impl Finished {
     /// Turns a failure into the generic command error.
     pub fn into_error(self, cmd: &Cmd) -> ZfsError {
         command_error(cmd, self.status, self.stderr.as_bytes())
+    }
+}
+
+/// Logs how long a command took when dropped (at debug level, field `elapsed_us`), so a
+/// profile of an operation can be read from the log: `cargo xtask bench` sums these.
+struct Timed {
+    program: String,
+    verb: String,
+    start: std::time::Instant,
+}
+
+impl Timed {
+    fn start(cmd: &Cmd) -> Self {
+        Self {
+            program: cmd
+                .program
+                .file_name()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            verb: cmd
+                .args
+                .first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        let elapsed_us = self.start.elapsed().as_micros() as u64;
+        tracing::debug!(program = %self.program, verb = %self.verb, elapsed_us, "ran");
     }
 }
 
