@@ -294,20 +294,27 @@ impl OpRecord {
     }
 }
 
-/// A running operation: records steps and collects them for the journal.
+/// A running operation: records itself and collects its steps for the journal.
 struct Op<'e> {
     engine: &'e Engine,
     rec: OpRecord,
     by: String,
     done: Vec<String>,
+    /// Whether `cairn:op` holds this operation yet.
+    recorded: bool,
 }
 
 impl Op<'_> {
-    /// Records that `step` is about to run; a test crash point or the observer may stop
-    /// here.
+    /// Marks that `step` is about to run; a test crash point or the observer may stop
+    /// here. The first step writes the durable record (`cairn:op`); later steps do not
+    /// rewrite it: recovery depends on the operation and its target, never on the step
+    /// (see `resume`), and each `zfs set` is a command and a transaction group more.
     fn step(&mut self, step: &str) -> Result<()> {
         self.rec.step = step.to_owned();
-        self.engine.set_op(Some(&self.rec))?;
+        if !self.recorded {
+            self.engine.set_op(Some(&self.rec))?;
+            self.recorded = true;
+        }
         self.done.push(step.to_owned());
         self.engine.crash_point(&self.rec.op, step)?;
         let all = steps::of(&self.rec.op);
@@ -328,7 +335,9 @@ impl Op<'_> {
     }
 
     fn finish(self, result: &str) -> Result<()> {
-        self.engine.set_op(None)?;
+        if self.recorded {
+            self.engine.set_op(None)?;
+        }
         self.engine
             .journal(&self.rec.op, &self.by, &self.rec.target, self.done, result)
     }
@@ -458,6 +467,7 @@ impl Engine {
             },
             by: by.to_owned(),
             done: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -857,12 +867,8 @@ impl Engine {
     /// Step `snapshot`: root, config and data of the running version in one call.
     fn take_pre_snapshots(&self, running: &VersionId, id: &VersionId) -> Result<()> {
         let snaps = self.pre_snapshots(running, id);
-        let mut missing = Vec::new();
-        for s in &snaps {
-            if !self.snapshot_exists(s)? {
-                missing.push(s.clone());
-            }
-        }
+        let existing = self.existing_snapshots(&snaps)?;
+        let missing: Vec<&SnapshotName> = snaps.iter().filter(|s| !existing.contains(*s)).collect();
         if missing.len() == snaps.len() {
             self.zfs
                 .snapshot(&snaps, &[(props::managed(), layout::MANAGED.into())])?;
@@ -873,6 +879,40 @@ impl Engine {
             }));
         }
         Ok(())
+    }
+
+    /// Which of `snaps` exist: one `zfs list` of their datasets' snapshots (one command
+    /// instead of one per snapshot), or one by one when a dataset itself is missing.
+    fn existing_snapshots(&self, snaps: &[SnapshotName]) -> Result<Vec<SnapshotName>> {
+        let mut roots: Vec<DatasetName> = snaps.iter().map(|s| s.dataset()).collect();
+        roots.dedup();
+        let listed = self.zfs.list(&ListRequest {
+            roots,
+            depth: Some(1),
+            types: vec![DatasetType::Snapshot],
+            ..Default::default()
+        });
+        match listed {
+            Ok(entries) => Ok(snaps
+                .iter()
+                .filter(|s| {
+                    entries
+                        .iter()
+                        .any(|e| matches!(&e.name, ObjectName::Snapshot(x) if x == *s))
+                })
+                .cloned()
+                .collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let mut found = Vec::new();
+                for s in snaps {
+                    if self.snapshot_exists(s)? {
+                        found.push(s.clone());
+                    }
+                }
+                Ok(found)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Step `clone-config`: the running config, as of the pre-upgrade snapshot.
@@ -1239,25 +1279,28 @@ impl Engine {
 
     fn bootable(&self, id: &VersionId, force: bool) -> Result<()> {
         let root = self.layout.root(id);
-        if !self.exists(&root)? {
-            return Err(EngineError::UnknownVersion { id: id.to_string() });
-        }
-        if !self.is_managed(&root)? {
+        // One `zfs get` for all three properties (activation's cost is mostly commands).
+        let want = [props::managed(), props::state(), props::failed_reason()];
+        let mut got = match self.zfs.get(&(&root).into(), &want) {
+            Ok(got) => got,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(EngineError::UnknownVersion { id: id.to_string() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let [managed, state, reason] = want.map(|p| got.remove(&p).and_then(|v| v.value));
+        if managed.as_deref() != Some(layout::MANAGED) {
             return Err(EngineError::Foreign {
                 name: root.to_string(),
             });
         }
-        let state = self
-            .get_prop(&(&root).into(), &props::state())?
-            .unwrap_or_default();
+        let state = state.unwrap_or_default();
         match Stored::parse(&state) {
             Some(Stored::Staged | Stored::Confirmed) => Ok(()),
             Some(Stored::Failed) if force => Ok(()),
             Some(Stored::Failed) => Err(EngineError::VersionFailed {
                 id: id.to_string(),
-                reason: self
-                    .get_prop(&(&root).into(), &props::failed_reason())?
-                    .unwrap_or_else(|| "no reason recorded".into()),
+                reason: reason.unwrap_or_else(|| "no reason recorded".into()),
             }),
             _ => Err(EngineError::NotBootable {
                 id: id.to_string(),
@@ -1797,7 +1840,7 @@ impl Engine {
         let mut report = ReconcileReport::default();
         if let Some(rec) = self.get_op()? {
             report.actions.push(format!(
-                "found unfinished {} of {} at step {}",
+                "found unfinished {} of {} (recorded at its first step, {})",
                 rec.op, rec.target, rec.step
             ));
             self.resume(&rec, by, &mut report)?;
