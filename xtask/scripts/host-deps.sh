@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-#! Installs the Debian packages the host side of cairn's tests needs (idempotent).
+#! Installs the Debian packages the host side of cairn's tests needs (idempotent); extra
+#! packages named as arguments too (`cargo xtask deb` asks for lintian).
 # Adds the contrib component and bookworm-backports itself: QEMU on these hosts comes from
 # backports (qemu-utils is already the backports build), and ZFS lives in contrib.
 set -euo pipefail
@@ -21,7 +22,7 @@ elif [ ! -d /var/lib/apt/lists ] || [ -z "$(ls /var/lib/apt/lists/*backports* 2>
   apt-get update -q
 fi
 
-pkgs=(qemu-system-x86 mmdebstrap fdisk e2fsprogs grub-common minisign dbus-daemon polkitd systemd util-linux mount zstd cpio)
+pkgs=(qemu-system-x86 mmdebstrap fdisk e2fsprogs grub-common minisign dbus-daemon polkitd systemd util-linux mount zstd cpio "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // xtask drives host tools (qemu, mke2fs) directly
 
 mod appliance;
+mod deb;
 mod e2e;
 mod vm;
 
@@ -30,6 +31,8 @@ tasks:
                         power loss at every named step; with --filter)
   bench                 benchmarks: cairn vs raw zfs in the guest, the pure cores
                         on the host, cairnd's idle memory; writes docs/bench.md
+  deb                   build target/deb/cairn_<version>_amd64.deb with dpkg-deb
+                        (packaging/deb, systemd/, grub/) and run lintian on it
   capture-fixtures      run zfs/zpool in the guest and store their scripted
                         output under crates/cairn-zfs/fixtures/
   host-deps             install the host packages the VM tasks need (root)
@@ -78,6 +81,10 @@ fn run() -> Result<()> {
         }
         "capture-fixtures" => vm::capture_fixtures(),
         "bench" => vm::bench(),
+        "deb" => {
+            vm::host_deps_with(&["lintian", "binutils"])?;
+            deb::run()
+        }
         "host-deps" => vm::host_deps(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

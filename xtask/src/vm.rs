@@ -51,7 +51,14 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 }
 
 pub fn host_deps() -> Result<()> {
-    sh(Command::new("bash").arg(scripts().join("host-deps.sh")))
+    host_deps_with(&[])
+}
+
+/// [`host_deps`] and these packages too.
+pub fn host_deps_with(extra: &[&str]) -> Result<()> {
+    sh(Command::new("bash")
+        .arg(scripts().join("host-deps.sh"))
+        .args(extra))
 }
 
 /// Tier 0: the plain test suite on the host.

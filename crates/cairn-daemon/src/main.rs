@@ -78,6 +78,10 @@ enum Cmd {
     /// factory baseline from a signed bundle (a full root); its first version becomes the
     /// default, and the boot state and GRUB menu are written.
     Provision { bundle: std::path::PathBuf },
+    /// Package scripts: write the GRUB menu from the pool's state, as after any change.
+    /// On a system cairn does not manage (no layout file, or no `cairn init` yet) it
+    /// says so and changes nothing.
+    WriteMenu,
     /// Write a release stream the simulator accepts (`cairnctl install --version V FILE`).
     SimRelease {
         version: String,
@@ -156,6 +160,24 @@ async fn main() -> anyhow::Result<()> {
         match engine.mount_booted_config()? {
             Some(at) => println!("configuration mounted at {}", at.display()),
             None => println!("not booted through cairn's menu: no configuration to mount"),
+        }
+        return Ok(());
+    }
+    if let Some(Cmd::WriteMenu) = &args.command {
+        if !args.layout.exists() {
+            println!(
+                "no {}: not managed by cairn, no menu written",
+                args.layout.display()
+            );
+            return Ok(());
+        }
+        let (engine, after) = real_engine(&real_config(&args))?;
+        match engine.versions() {
+            Ok(v) => {
+                after(&engine);
+                println!("boot menu written: {} versions", v.len());
+            }
+            Err(e) => println!("not managed by cairn ({e}): no menu written"),
         }
         return Ok(());
     }
