@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::vm::{output, root, sh};
+use crate::vm::{GUEST_PRELUDE, boot_with, image, output, root, sh, work_dir, write_exec};
 
 /// Files from the source tree: (source, destination in the package, mode).
 const FILES: &[(&str, &str, u32)] = &[
@@ -209,13 +209,70 @@ pub fn build() -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// `cargo xtask deb`: builds the package and runs lintian on it when lintian is there.
+/// `cargo xtask deb`: builds the package, runs lintian on it, then installs, removes and
+/// purges it in the test guest (`tests/deb/check.sh`).
 pub fn run() -> Result<()> {
     let deb = build()?;
+    lintian(&deb)?;
+    check_in_guest(&deb)
+}
+
+/// Boots the tier-1 guest (stock Debian with OpenZFS) with the package and the check
+/// script; every `CHECK` line must say ok.
+fn check_in_guest(deb: &Path) -> Result<()> {
+    let guest = image()?;
+    let work = work_dir("deb")?;
+    let payload = work.join("payload");
+    std::fs::create_dir_all(&payload)?;
+    std::fs::copy(deb, payload.join("cairn.deb"))?;
+    std::fs::copy(root().join("tests/deb/check.sh"), payload.join("check.sh"))?;
+    let script = format!(
+        "{GUEST_PRELUDE}sh /payload/check.sh /payload/cairn.deb 2>&1 | tee -a $R\nfinish\n"
+    );
+    write_exec(&payload.join("run"), &script)?;
+    let outcome = boot_with(
+        &guest,
+        &payload,
+        &work,
+        std::time::Duration::from_secs(900),
+        &[],
+    )?;
+    let checks: Vec<&str> = outcome
+        .results
+        .lines()
+        .filter(|l| l.starts_with("CHECK "))
+        .collect();
+    for c in &checks {
+        println!("{c}");
+    }
+    ensure!(
+        outcome.results.lines().any(|l| l == "CHECK-END"),
+        "the package check did not finish; see {}",
+        work.join("serial.log").display()
+    );
+    let failed = checks
+        .iter()
+        .filter(|c| c.starts_with("CHECK FAIL"))
+        .count();
+    ensure!(
+        failed == 0,
+        "{failed} of {} package checks failed",
+        checks.len()
+    );
+    println!(
+        "deb: {} checks passed in the guest ({:.0?})",
+        checks.len(),
+        outcome.elapsed
+    );
+    Ok(())
+}
+
+/// lintian's verdict, printed; errors fail the task.
+fn lintian(deb: &Path) -> Result<()> {
     if Command::new("lintian").arg("--version").output().is_ok() {
         let out = Command::new("lintian")
             .args(["--info", "--display-info", "--pedantic", "--show-overrides"])
-            .arg(&deb)
+            .arg(deb)
             .output()?;
         println!("lintian:\n{}", String::from_utf8_lossy(&out.stdout));
         ensure!(
@@ -225,7 +282,7 @@ pub fn run() -> Result<()> {
             "lintian found errors"
         );
     } else {
-        println!("lintian is not installed (`cargo xtask host-deps` installs it)");
+        println!("lintian is not installed (`cargo xtask deb` asks host-deps for it)");
     }
     Ok(())
 }

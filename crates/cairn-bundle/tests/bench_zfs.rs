@@ -26,6 +26,12 @@ fn noise_file(dir: &Path, name: &str, mib: usize, seed: u64) {
 
 struct Row(String, String, String);
 
+/// Adds a row and shows it at once (the whole table is printed at the end).
+fn push(rows: &mut Vec<Row>, row: Row) {
+    eprintln!("bench: {} | {} | {}", row.0, row.1, row.2);
+    rows.push(row);
+}
+
 /// What `cairn_zfs` logged as it ran each command (`ran`, with `elapsed_us`).
 static RAN: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
 
@@ -203,7 +209,7 @@ fn measure_at(w: &RealWorld, home: &cairn_engine::VersionId, rows: &mut Vec<Row>
     let container = e.layout().root_container().to_string();
     let (_, t_status) = time(|| e.versions().unwrap());
     let (_, t_list) = time(|| zfs_raw(&["list", "-Hp", "-t", "all", "-o", cols, "-r", &container]));
-    rows.push(Row(
+    push(rows, Row(
         format!("status (versions) at {n} versions vs raw zfs list -Hp -t all"),
         format!("{t_status:.0?} vs {t_list:.0?}"),
         format!(
@@ -223,7 +229,7 @@ fn measure_at(w: &RealWorld, home: &cairn_engine::VersionId, rows: &mut Vec<Row>
             .unwrap();
         z.sync(w.h().pool()).unwrap();
     });
-    rows.push(Row(
+    push(rows, Row(
         format!("activate until durable at {n} versions"),
         format!("{t_act:.0?}"),
         format!("target <= 1 s, flat; {p_act}"),
@@ -234,7 +240,7 @@ fn measure_at(w: &RealWorld, home: &cairn_engine::VersionId, rows: &mut Vec<Row>
         to
     });
     assert_ne!(to, newest);
-    rows.push(Row(
+    push(rows, Row(
         format!("rollback until durable at {n} versions"),
         format!("{t_back:.0?}"),
         format!("target <= 1 s, flat; {p_back}"),
@@ -254,7 +260,7 @@ fn main() {
         tracing::subscriber::set_global_default(sub).unwrap();
     }
     let scratch = PathBuf::from(std::env::var("CAIRN_SCRATCH").unwrap_or_else(|_| "/tmp".into()));
-    let mut rows: Vec<Row> = Vec::new();
+    let rows: &mut Vec<Row> = &mut Vec::new();
     let w = RealWorld::new(&scratch, "bench").expect("bench pool");
     let e = w.engine();
     e.init("bench").unwrap();
@@ -326,7 +332,7 @@ fn main() {
         stage_profile = p;
     }
     let best = |v: &[Duration]| *v.iter().min().unwrap();
-    rows.push(Row(
+    push(rows, Row(
         format!(
             "stage a full stream ({} MiB) vs raw zfs receive",
             size >> 20
@@ -338,7 +344,7 @@ fn main() {
         ),
     ));
 
-    rows.push(Row(
+    push(rows, Row(
         "where staging's time goes (last run)".into(),
         stage_profile,
         "zfs commands by kind; the rest is cairn's own".into(),
@@ -418,7 +424,7 @@ fn main() {
     z.sync(w.h().pool()).unwrap();
     let (v4, t_stagebig) = time(|| stage_file(w.engine(), "2.9", &stream_path));
     let _ = std::fs::remove_file(&stream_path);
-    rows.push(Row(
+    push(rows, Row(
         format!("stage a full stream ({} MiB) vs raw zfs receive", big >> 20),
         format!("{t_stagebig:.0?} vs {t_rawbig:.0?}"),
         format!(
@@ -427,7 +433,7 @@ fn main() {
         ),
     ));
     let extra = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
-    rows.push(Row(
+    push(rows, Row(
         "stage vs raw receive, marginal (the extra MiB of the larger one)".into(),
         format!(
             "{:.1} vs {:.1} MiB/s",
@@ -495,7 +501,7 @@ fn main() {
         SendRequest::incremental(r2.clone(), r3.clone()),
         cairn_bundle::PayloadKind::ZfsIncremental,
     );
-    rows.push(Row(
+    push(rows, Row(
         "delta bundle (one 256 KiB app file changed) vs full root bundle".into(),
         format!("{delta_bundle} vs {full_bundle} bytes"),
         format!(
@@ -505,7 +511,7 @@ fn main() {
     ));
     let (big_exp, big_raw) = export_vs_send(&v4, "benchsend");
     for ((n_exp, t_exp), (n_raw, t_raw)) in [(small_exp, small_raw), (big_exp, big_raw)] {
-        rows.push(Row(
+        push(rows, Row(
             format!(
                 "support export of {} MiB vs raw zfs send > /dev/null",
                 n_raw >> 20
@@ -525,7 +531,7 @@ fn main() {
         mbps(n2.saturating_sub(n1), t2.saturating_sub(t1))
     };
     let (m_exp, m_raw) = (marginal(small_exp, big_exp), marginal(small_raw, big_raw));
-    rows.push(Row(
+    push(rows, Row(
         "support export vs raw send, marginal (the extra MiB of the larger one)".into(),
         format!("{m_exp:.1} vs {m_raw:.1} MiB/s"),
         format!("{:.2}x throughput (target >= 0.95x)", m_exp / m_raw),
@@ -539,7 +545,7 @@ fn main() {
     });
     drop(data);
     let hash_rate = mbps(64 << 20, t_hash);
-    rows.push(Row(
+    push(rows, Row(
         "SHA-256 of 64 MiB in memory, alone (what export adds per byte)".into(),
         format!("{hash_rate:.1} MiB/s"),
         format!(
@@ -548,7 +554,7 @@ fn main() {
             1.0 / (1.0 / m_raw + 1.0 / hash_rate) / m_raw
         ),
     ));
-    rows.push(Row(
+    push(rows, Row(
         "support export fixed cost (whole minus bytes at the marginal rate)".into(),
         format!(
             "{:.0?}",
@@ -581,13 +587,13 @@ fn main() {
     n += 1;
     for target in [50usize, 500] {
         n = fan_out(w.engine(), &template, n, target);
-        measure_at(&w, &v1, &mut rows);
+        measure_at(&w, &v1, rows);
     }
     rows.splice(0..0, early);
     println!("CAIRN-BENCH-BEGIN");
     println!("| measurement | cairn vs raw | ratio |");
     println!("|---|---|---|");
-    for Row(a, b, c) in &rows {
+    for Row(a, b, c) in rows.iter() {
         println!("| {a} | {b} | {c} |");
     }
     println!("CAIRN-BENCH-END");
