@@ -209,14 +209,17 @@ fn measure_at(w: &RealWorld, home: &cairn_engine::VersionId, rows: &mut Vec<Row>
     let container = e.layout().root_container().to_string();
     let (_, t_status) = time(|| e.versions().unwrap());
     let (_, t_list) = time(|| zfs_raw(&["list", "-Hp", "-t", "all", "-o", cols, "-r", &container]));
-    push(rows, Row(
-        format!("status (versions) at {n} versions vs raw zfs list -Hp -t all"),
-        format!("{t_status:.0?} vs {t_list:.0?}"),
-        format!(
-            "{:.2}x (target <= 1.5x)",
-            t_status.as_secs_f64() / t_list.as_secs_f64()
+    push(
+        rows,
+        Row(
+            format!("status (versions) at {n} versions vs raw zfs list -Hp -t all"),
+            format!("{t_status:.0?} vs {t_list:.0?}"),
+            format!(
+                "{:.2}x (target <= 1.5x)",
+                t_status.as_secs_f64() / t_list.as_secs_f64()
+            ),
         ),
-    ));
+    );
     let newest = e
         .versions()
         .unwrap()
@@ -229,22 +232,28 @@ fn measure_at(w: &RealWorld, home: &cairn_engine::VersionId, rows: &mut Vec<Row>
             .unwrap();
         z.sync(w.h().pool()).unwrap();
     });
-    push(rows, Row(
-        format!("activate until durable at {n} versions"),
-        format!("{t_act:.0?}"),
-        format!("target <= 1 s, flat; {p_act}"),
-    ));
+    push(
+        rows,
+        Row(
+            format!("activate until durable at {n} versions"),
+            format!("{t_act:.0?}"),
+            format!("target <= 1 s, flat; {p_act}"),
+        ),
+    );
     let (to, t_back, p_back) = profiled(|| {
         let to = e.rollback(1, "bench").unwrap();
         z.sync(w.h().pool()).unwrap();
         to
     });
     assert_ne!(to, newest);
-    push(rows, Row(
-        format!("rollback until durable at {n} versions"),
-        format!("{t_back:.0?}"),
-        format!("target <= 1 s, flat; {p_back}"),
-    ));
+    push(
+        rows,
+        Row(
+            format!("rollback until durable at {n} versions"),
+            format!("{t_back:.0?}"),
+            format!("target <= 1 s, flat; {p_back}"),
+        ),
+    );
     e.activate(home, Activation::Permanent, false, "bench")
         .unwrap();
 }
@@ -332,23 +341,29 @@ fn main() {
         stage_profile = p;
     }
     let best = |v: &[Duration]| *v.iter().min().unwrap();
-    push(rows, Row(
-        format!(
-            "stage a full stream ({} MiB) vs raw zfs receive",
-            size >> 20
+    push(
+        rows,
+        Row(
+            format!(
+                "stage a full stream ({} MiB) vs raw zfs receive",
+                size >> 20
+            ),
+            format!("{:.0?} vs {:.0?}", best(&staged), best(&raw)),
+            format!(
+                "{:.2}x (target <= 1.10x)",
+                best(&staged).as_secs_f64() / best(&raw).as_secs_f64()
+            ),
         ),
-        format!("{:.0?} vs {:.0?}", best(&staged), best(&raw)),
-        format!(
-            "{:.2}x (target <= 1.10x)",
-            best(&staged).as_secs_f64() / best(&raw).as_secs_f64()
-        ),
-    ));
+    );
 
-    push(rows, Row(
-        "where staging's time goes (last run)".into(),
-        stage_profile,
-        "zfs commands by kind; the rest is cairn's own".into(),
-    ));
+    push(
+        rows,
+        Row(
+            "where staging's time goes (last run)".into(),
+            stage_profile,
+            "zfs commands by kind; the rest is cairn's own".into(),
+        ),
+    );
 
     // B. Support export vs raw `zfs send > /dev/null` of the same data, at two sizes: the
     // whole-run ratio includes export's fixed cost (snapshot, properties, status, journal,
@@ -424,27 +439,33 @@ fn main() {
     z.sync(w.h().pool()).unwrap();
     let (v4, t_stagebig) = time(|| stage_file(w.engine(), "2.9", &stream_path));
     let _ = std::fs::remove_file(&stream_path);
-    push(rows, Row(
-        format!("stage a full stream ({} MiB) vs raw zfs receive", big >> 20),
-        format!("{t_stagebig:.0?} vs {t_rawbig:.0?}"),
-        format!(
-            "{:.2}x (target <= 1.10x)",
-            t_stagebig.as_secs_f64() / t_rawbig.as_secs_f64()
+    push(
+        rows,
+        Row(
+            format!("stage a full stream ({} MiB) vs raw zfs receive", big >> 20),
+            format!("{t_stagebig:.0?} vs {t_rawbig:.0?}"),
+            format!(
+                "{:.2}x (target <= 1.10x)",
+                t_stagebig.as_secs_f64() / t_rawbig.as_secs_f64()
+            ),
         ),
-    ));
+    );
     let extra = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
-    push(rows, Row(
-        "stage vs raw receive, marginal (the extra MiB of the larger one)".into(),
-        format!(
-            "{:.1} vs {:.1} MiB/s",
-            (big - size) as f64 / (1 << 20) as f64 / extra(t_stagebig, best(&staged)),
-            (big - size) as f64 / (1 << 20) as f64 / extra(t_rawbig, best(&raw)),
+    push(
+        rows,
+        Row(
+            "stage vs raw receive, marginal (the extra MiB of the larger one)".into(),
+            format!(
+                "{:.1} vs {:.1} MiB/s",
+                (big - size) as f64 / (1 << 20) as f64 / extra(t_stagebig, best(&staged)),
+                (big - size) as f64 / (1 << 20) as f64 / extra(t_rawbig, best(&raw)),
+            ),
+            format!(
+                "{:.2}x time (target <= 1.10x)",
+                extra(t_stagebig, best(&staged)) / extra(t_rawbig, best(&raw))
+            ),
         ),
-        format!(
-            "{:.2}x time (target <= 1.10x)",
-            extra(t_stagebig, best(&staged)) / extra(t_rawbig, best(&raw))
-        ),
-    ));
+    );
 
     // A'. A delta bundle for a small app change against the full root bundle: the same
     // signed format `cairn bundle build` writes, payloads from `zfs send` (-i for the delta).
@@ -501,41 +522,50 @@ fn main() {
         SendRequest::incremental(r2.clone(), r3.clone()),
         cairn_bundle::PayloadKind::ZfsIncremental,
     );
-    push(rows, Row(
-        "delta bundle (one 256 KiB app file changed) vs full root bundle".into(),
-        format!("{delta_bundle} vs {full_bundle} bytes"),
-        format!(
-            "{:.2} % (target <= 2 %)",
-            delta_bundle as f64 * 100.0 / full_bundle as f64
+    push(
+        rows,
+        Row(
+            "delta bundle (one 256 KiB app file changed) vs full root bundle".into(),
+            format!("{delta_bundle} vs {full_bundle} bytes"),
+            format!(
+                "{:.2} % (target <= 2 %)",
+                delta_bundle as f64 * 100.0 / full_bundle as f64
+            ),
         ),
-    ));
+    );
     let (big_exp, big_raw) = export_vs_send(&v4, "benchsend");
     for ((n_exp, t_exp), (n_raw, t_raw)) in [(small_exp, small_raw), (big_exp, big_raw)] {
-        push(rows, Row(
-            format!(
-                "support export of {} MiB vs raw zfs send > /dev/null",
-                n_raw >> 20
+        push(
+            rows,
+            Row(
+                format!(
+                    "support export of {} MiB vs raw zfs send > /dev/null",
+                    n_raw >> 20
+                ),
+                format!(
+                    "{:.1} vs {:.1} MiB/s",
+                    mbps(n_exp, t_exp),
+                    mbps(n_raw, t_raw)
+                ),
+                format!(
+                    "{:.2}x throughput, whole run (target >= 0.95x)",
+                    mbps(n_exp, t_exp) / mbps(n_raw, t_raw)
+                ),
             ),
-            format!(
-                "{:.1} vs {:.1} MiB/s",
-                mbps(n_exp, t_exp),
-                mbps(n_raw, t_raw)
-            ),
-            format!(
-                "{:.2}x throughput, whole run (target >= 0.95x)",
-                mbps(n_exp, t_exp) / mbps(n_raw, t_raw)
-            ),
-        ));
+        );
     }
     let marginal = |(n1, t1): (u64, Duration), (n2, t2): (u64, Duration)| {
         mbps(n2.saturating_sub(n1), t2.saturating_sub(t1))
     };
     let (m_exp, m_raw) = (marginal(small_exp, big_exp), marginal(small_raw, big_raw));
-    push(rows, Row(
-        "support export vs raw send, marginal (the extra MiB of the larger one)".into(),
-        format!("{m_exp:.1} vs {m_raw:.1} MiB/s"),
-        format!("{:.2}x throughput (target >= 0.95x)", m_exp / m_raw),
-    ));
+    push(
+        rows,
+        Row(
+            "support export vs raw send, marginal (the extra MiB of the larger one)".into(),
+            format!("{m_exp:.1} vs {m_raw:.1} MiB/s"),
+            format!("{:.2}x throughput (target >= 0.95x)", m_exp / m_raw),
+        ),
+    );
     // Where export's streaming time goes: every byte is hashed (SHA-256) for the signed
     // manifest; the raw side above already pays the same pipe and copy.
     let data = cairn_zfs::conformance::noise(64 << 20, 7);
@@ -545,25 +575,31 @@ fn main() {
     });
     drop(data);
     let hash_rate = mbps(64 << 20, t_hash);
-    push(rows, Row(
-        "SHA-256 of 64 MiB in memory, alone (what export adds per byte)".into(),
-        format!("{hash_rate:.1} MiB/s"),
-        format!(
-            "send then hash in series would give {:.1} MiB/s, {:.2}x",
-            1.0 / (1.0 / m_raw + 1.0 / hash_rate),
-            1.0 / (1.0 / m_raw + 1.0 / hash_rate) / m_raw
+    push(
+        rows,
+        Row(
+            "SHA-256 of 64 MiB in memory, alone (what export adds per byte)".into(),
+            format!("{hash_rate:.1} MiB/s"),
+            format!(
+                "send then hash in series would give {:.1} MiB/s, {:.2}x",
+                1.0 / (1.0 / m_raw + 1.0 / hash_rate),
+                1.0 / (1.0 / m_raw + 1.0 / hash_rate) / m_raw
+            ),
         ),
-    ));
-    push(rows, Row(
-        "support export fixed cost (whole minus bytes at the marginal rate)".into(),
-        format!(
-            "{:.0?}",
-            small_exp.1.saturating_sub(Duration::from_secs_f64(
-                small_exp.0 as f64 / (m_exp * (1 << 20) as f64)
-            ))
+    );
+    push(
+        rows,
+        Row(
+            "support export fixed cost (whole minus bytes at the marginal rate)".into(),
+            format!(
+                "{:.0?}",
+                small_exp.1.saturating_sub(Duration::from_secs_f64(
+                    small_exp.0 as f64 / (m_exp * (1 << 20) as f64)
+                ))
+            ),
+            "a dozen zfs calls under TCG".into(),
         ),
-        "a dozen zfs calls under TCG".into(),
-    ));
+    );
 
     // C, D. Status, activation and rollback at 50 and 500 versions: the first ones staged
     // from packages (cheap clones), the rest fanned out from one of them.
