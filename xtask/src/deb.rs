@@ -148,7 +148,11 @@ pub fn build() -> Result<PathBuf> {
         let text = output(Command::new(&cairnctl).args(["completions", shell]))?;
         write(&tree.join(dest), text.as_bytes(), 0o644)?;
     }
-    let changelog = out_dir.join("changelog.Debian");
+    gzip_into(
+        &root().join("packaging/deb/cairnd.8"),
+        &tree.join("usr/share/man/man8/cairnd.8.gz"),
+    )?;
+    let changelog = out_dir.join("changelog");
     std::fs::write(
         &changelog,
         format!(
@@ -156,10 +160,8 @@ pub fn build() -> Result<PathBuf> {
             output(Command::new("date").args(["-u", "-R"]))?.trim()
         ),
     )?;
-    gzip_into(
-        &changelog,
-        &tree.join("usr/share/doc/cairn/changelog.Debian.gz"),
-    )?;
+    // A native package: its changelog is changelog.gz.
+    gzip_into(&changelog, &tree.join("usr/share/doc/cairn/changelog.gz"))?;
 
     // Control area.
     let debian = tree.join("DEBIAN");
