@@ -14,8 +14,8 @@ usage: cargo xtask <task>
 
 tasks:
   test                  everything CI runs: host packages, `cargo test`, the
-                        real-ZFS suites in the guest (vm-test), then the demo
-                        appliance end to end (vm-test --e2e)
+                        real-ZFS suites in the guest (vm-test), the Debian package
+                        (deb), then the demo appliance end to end (vm-test --e2e)
   demo                  the demo appliance in a VM: install, trial, confirm, rollback,
                         an older version from the GRUB menu, factory reset
   demo-image            build (or reuse from cache) the demo appliance disk, its
@@ -61,6 +61,8 @@ fn run() -> Result<()> {
             vm::host_deps()?;
             vm::cargo_test()?;
             vm::test(None, 2400)?;
+            vm::host_deps_with(&["lintian", "binutils"])?;
+            deb::run()?;
             e2e::run(None)
         }
         "demo" => {
