@@ -834,13 +834,26 @@ impl Engine {
     ) -> Result<(VersionId, VersionId)> {
         self.require_init()?;
         let id = VersionId::from_version(version)?;
-        let running = self.running()?;
+        // What `running()` checks, and the running version's number, in one `zfs get`.
+        let running = self.host.booted().ok_or(EngineError::NotBooted)?.version;
+        let running_version = match self
+            .zfs
+            .get(&self.layout.root(&running).into(), &[props::version()])
+        {
+            Ok(mut got) => got
+                .remove(&props::version())
+                .and_then(|v| v.value)
+                .unwrap_or_default(),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(EngineError::UnknownVersion {
+                    id: running.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         if self.exists(&self.layout.root(&id))? || self.exists(&self.layout.config(&id))? {
             return Err(EngineError::VersionExists { id: id.to_string() });
         }
-        let running_version = self
-            .get_prop(&self.layout.root(&running).into(), &props::version())?
-            .unwrap_or_default();
         if !allow_downgrade && compare_versions(version, &running_version).is_lt() {
             return Err(EngineError::Downgrade {
                 new: version.to_owned(),
@@ -966,13 +979,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Sets a version's state on its root, and on its config and defaults where they
+    /// exist (a `zfs set` that finds no dataset is the existence check: one command each).
     fn mark(&self, id: &VersionId, state: Stored) -> Result<()> {
         let s = (props::state(), state.as_str().to_owned());
         self.zfs
             .set(&self.layout.root(id).into(), std::slice::from_ref(&s))?;
         for ds in [self.layout.config(id), self.layout.defaults(id)] {
-            if self.exists(&ds)? {
-                self.zfs.set(&ds.into(), std::slice::from_ref(&s))?;
+            match self.zfs.set(&ds.into(), std::slice::from_ref(&s)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
