@@ -254,6 +254,28 @@ fn measure_at(w: &RealWorld, home: &cairn_engine::VersionId, rows: &mut Vec<Row>
             format!("target <= 1 s, flat; {p_back}"),
         ),
     );
+    // What rollback cannot avoid without an index: the versions in creation order.
+    let (_, t_order) = time(|| {
+        zfs_raw(&[
+            "list",
+            "-Hp",
+            "-d",
+            "1",
+            "-t",
+            "filesystem",
+            "-o",
+            "name,createtxg",
+            &container,
+        ])
+    });
+    push(
+        rows,
+        Row(
+            format!("raw zfs list -d 1 -o name,createtxg at {n} versions (rollback's one list)"),
+            format!("{t_order:.0?}"),
+            "grows with versions; rollback = this + a constant".into(),
+        ),
+    );
     e.activate(home, Activation::Permanent, false, "bench")
         .unwrap();
 }
