@@ -684,7 +684,15 @@ impl Engine {
 
     /// Every version, newest first.
     pub fn versions(&self) -> Result<Vec<Version>> {
-        self.require_init()?;
+        // The last known good, and in the same `zfs get` whether cairn's layout is there.
+        let lkg = match self.zfs.get(
+            &self.layout.root_container().into(),
+            &[props::last_known_good()],
+        ) {
+            Ok(mut got) => got.remove(&props::last_known_good()).and_then(|v| v.value),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(EngineError::NotInitialized),
+            Err(e) => return Err(e.into()),
+        };
         let want = [
             "cairn:managed",
             "cairn:version",
@@ -728,10 +736,6 @@ impl Engine {
             .collect();
         let boot = self.boot.read()?;
         let booted = self.host.booted();
-        let lkg = self.get_prop(
-            &self.layout.root_container().into(),
-            &props::last_known_good(),
-        )?;
         let mut out = Vec::new();
         for e in roots {
             let ds = e.name.dataset();
