@@ -36,7 +36,7 @@ impl DemoImage {
 
 /// The release builds of cairnd, cairnctl and the vendor tool `cairn` that go into the
 /// appliance (streams of hundreds of MiB are hashed under TCG: debug builds are too slow).
-fn release_bins() -> Result<Vec<(String, PathBuf)>> {
+pub fn release_bins() -> Result<Vec<(String, PathBuf)>> {
     vm::sh(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(vm::root())

@@ -94,19 +94,8 @@ const CONFFILES: &[&str] = &[
 
 /// Builds the package; returns its path.
 pub fn build() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    sh(Command::new(&cargo).current_dir(root()).args([
-        "build",
-        "--release",
-        "-p",
-        "cairn-daemon",
-        "--bin",
-        "cairnd",
-        "-p",
-        "cairn-cli",
-        "--bin",
-        "cairnctl",
-    ]))?;
+    // The same release build the demo appliance gets (one compile serves both).
+    crate::appliance::release_bins()?;
     let version = workspace_version()?;
     let name = format!("cairn_{version}_amd64");
     let out_dir = root().join("target/deb");
