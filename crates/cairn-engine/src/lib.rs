@@ -1482,9 +1482,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Version ids by creation, oldest first: one `zfs list` of a native property only.
-    /// (Any user property costs ZFS one more lookup per dataset; with hundreds of
-    /// versions that is seconds under emulation, see docs/bench.md.)
+    /// Version ids by creation, oldest first: one `zfs list` of one native property, the
+    /// cheapest list there is. It still grows with the versions kept (seconds at 500
+    /// under emulation, see docs/bench.md); a flat rollback would need an index.
     fn ids_by_creation(&self) -> Result<Vec<VersionId>> {
         let txg = PropName::native("createtxg");
         let mut ids: Vec<(u64, VersionId)> = self
