@@ -435,14 +435,19 @@ fn main() {
     for i in 4..12 {
         noise_file(&vdir.join("usr/lib/app"), &format!("blob{i}"), 8, i);
     }
-    std::fs::write(
-        vdir.join("usr/lib/app/app.bin"),
-        cairn_zfs::conformance::noise(256 << 10, 98),
-    )
-    .unwrap();
-    z.sync(w.h().pool()).unwrap();
-    let r2 = vendor.snapshot("r2").unwrap();
-    z.snapshot(std::slice::from_ref(&r2), &[]).unwrap();
+    // A vendor release: the app file rewritten (256 KiB, from `seed`), then snapshotted.
+    let app_release = |name: &str, seed: u64| {
+        std::fs::write(
+            vdir.join("usr/lib/app/app.bin"),
+            cairn_zfs::conformance::noise(256 << 10, seed),
+        )
+        .unwrap();
+        z.sync(w.h().pool()).unwrap();
+        let r = vendor.snapshot(name).unwrap();
+        z.snapshot(std::slice::from_ref(&r), &[]).unwrap();
+        r
+    };
+    let r2 = app_release("r2", 98);
     let big = write_stream(z, &r2, &stream_path);
     let rawbig = w.h().pool().root().child("rawbig").unwrap();
     let mut rr = ReceiveRequest::new(rawbig.clone());
@@ -493,14 +498,7 @@ fn main() {
 
     // A'. A delta bundle for a small app change against the full root bundle: the same
     // signed format `cairn bundle build` writes, payloads from `zfs send` (-i for the delta).
-    std::fs::write(
-        vdir.join("usr/lib/app/app.bin"),
-        cairn_zfs::conformance::noise(256 << 10, 99),
-    )
-    .unwrap();
-    z.sync(w.h().pool()).unwrap();
-    let r3 = vendor.snapshot("r3").unwrap();
-    z.snapshot(std::slice::from_ref(&r3), &[]).unwrap();
+    let r3 = app_release("r3", 99);
     let bundle_size = |req: SendRequest, kind: cairn_bundle::PayloadKind| -> u64 {
         let path = scratch.join("bench-payload.zstream");
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
