@@ -78,10 +78,14 @@ pub enum EngineError {
     NoTrial { what: &'static str },
     #[error("there is no {direction} version to go to")]
     NothingToRollTo { direction: &'static str },
-    #[error("the pool is not laid out for cairn yet; run `cairnctl init`")]
+    #[error(
+        "the pool is not laid out for cairn yet; an installed root-on-ZFS system is taken over with `cairnctl init --adopt`"
+    )]
     NotInitialized,
     #[error("the pool already has a cairn layout")]
     AlreadyInitialized,
+    #[error("cannot adopt this system: {detail}; nothing was changed")]
+    NotAdoptable { detail: String },
     #[error("'{name}' is not cairn's (no cairn:managed); cairn never touches it")]
     Foreign { name: String },
     #[error("stopped at step '{point}' (test crash point)")]
@@ -182,6 +186,21 @@ pub enum Part {
     Config,
     /// The version's own default configuration.
     Defaults,
+}
+
+/// What adopting an existing system does (or, in a dry run, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Adoption {
+    pub id: VersionId,
+    pub root: DatasetName,
+    pub snapshot: SnapshotName,
+    pub version: String,
+    #[serde(skip)]
+    canmount: String,
+    /// The steps, in order, in words.
+    pub actions: Vec<String>,
+    /// Other boot environments under ROOT: not cairn's, never touched.
+    pub left_alone: Vec<String>,
 }
 
 /// One journal line.
@@ -547,6 +566,14 @@ impl Engine {
     pub fn init(&self, by: &str) -> Result<Vec<DatasetName>> {
         let l = &self.layout;
         if self.exists(&l.root_container())? {
+            self.require_init()
+                .map_err(|_| EngineError::NotAdoptable {
+                    detail: format!(
+                        "{} exists but is not cairn's: take the system over with \
+                         `cairnctl init --adopt` instead",
+                        l.root_container()
+                    ),
+                })?;
             return Err(EngineError::AlreadyInitialized);
         }
         let none = |v: &str| (PropName::native("mountpoint"), v.to_owned());
@@ -586,11 +613,19 @@ impl Engine {
         Ok(created)
     }
 
+    /// The pool is cairn's once its ROOT container carries the layout version (a stock
+    /// system's `ROOT` without it is not, until it is adopted).
     fn require_init(&self) -> Result<()> {
-        if self.exists(&self.layout.root_container())? {
-            Ok(())
-        } else {
-            Err(EngineError::NotInitialized)
+        match self.get_prop(
+            &self.layout.root_container().into(),
+            &props::layout_version(),
+        ) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(EngineError::NotInitialized),
+            Err(EngineError::Zfs(e)) if e.kind() == ErrorKind::NotFound => {
+                Err(EngineError::NotInitialized)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -687,9 +722,18 @@ impl Engine {
         // The last known good, and in the same `zfs get` whether cairn's layout is there.
         let lkg = match self.zfs.get(
             &self.layout.root_container().into(),
-            &[props::last_known_good()],
+            &[props::last_known_good(), props::layout_version()],
         ) {
-            Ok(mut got) => got.remove(&props::last_known_good()).and_then(|v| v.value),
+            Ok(mut got) => {
+                if got
+                    .remove(&props::layout_version())
+                    .and_then(|v| v.value)
+                    .is_none()
+                {
+                    return Err(EngineError::NotInitialized);
+                }
+                got.remove(&props::last_known_good()).and_then(|v| v.value)
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(EngineError::NotInitialized),
             Err(e) => return Err(e.into()),
         };
@@ -1902,6 +1946,198 @@ impl Engine {
             adopted.push(v.id);
         }
         Ok(adopted)
+    }
+
+    /// Takes an existing root-on-ZFS system (laid out as the OpenZFS guide does:
+    /// `<pool>/ROOT/<be>` mounted at `/`) under management without moving it: `be` becomes
+    /// the version `version` under its own name, beside a new config dataset, the journal
+    /// and the layout's data datasets. Everything is checked before anything is touched;
+    /// with `dry_run` nothing is touched at all and the returned plan says what would be.
+    pub fn adopt_system(
+        &self,
+        be: &str,
+        version: &str,
+        dry_run: bool,
+        by: &str,
+    ) -> Result<Adoption> {
+        let plan = self.plan_adoption(be, version)?;
+        if dry_run {
+            return Ok(plan);
+        }
+        let l = &self.layout;
+        let (id, root) = (&plan.id, &plan.root);
+        let now = self.host.now().to_string();
+        if !self.snapshot_exists(&plan.snapshot)? {
+            self.zfs.snapshot(std::slice::from_ref(&plan.snapshot), &[])?;
+        }
+        let none = (PropName::native("mountpoint"), "none".to_owned());
+        let off = (PropName::native("canmount"), "off".to_owned());
+        let mp = |p: &Path| {
+            let mut v = layout::managed_props();
+            v.push((PropName::native("mountpoint"), p.display().to_string()));
+            v
+        };
+        let mut create = vec![
+            (l.config_container(), vec![none.clone(), off.clone()]),
+            (l.data_container(), vec![none, off]),
+            (l.journal(), mp(&l.journal_mountpoint)),
+            (
+                l.config(id),
+                self.config_props(id, version, Stored::Confirmed, None, &now),
+            ),
+        ];
+        for (d, m) in &l.data {
+            create.push((d.clone(), mp(m)));
+        }
+        for (ds, props) in create {
+            self.zfs.create(
+                &ds,
+                &CreateOptions {
+                    parents: true,
+                    props,
+                },
+            )?;
+        }
+        // The root keeps its mountpoint (`/`, checked) and is mounted: only cairn's
+        // properties and, if it differs, canmount are set on it.
+        let mut props = self.version_props(id, version, Stored::Confirmed, None, &now);
+        props.retain(|(k, v)| {
+            k.as_str() != "mountpoint" && !(k.as_str() == "canmount" && plan.canmount == *v)
+        });
+        self.zfs.set(&root.into(), &props)?;
+        let mut state = self.boot.read()?;
+        state.default = Some(id.clone());
+        state.trial = None;
+        state.attempts_left = 0;
+        self.boot.write(&state)?;
+        self.zfs.set_bootfs(&l.pool, Some(root))?;
+        // Last: the layout marker that makes the pool cairn's (before it, `adopt_system`
+        // can run again and finishes what an interrupted run began).
+        self.zfs.set(
+            &l.root_container().into(),
+            &[(props::layout_version(), "1".into())],
+        )?;
+        self.journal(
+            "adopt-system",
+            by,
+            id.as_str(),
+            vec!["snapshot".into(), "create".into(), "mark".into(), "boot".into()],
+            "ok",
+        )?;
+        Ok(plan)
+    }
+
+    fn plan_adoption(&self, be: &str, version: &str) -> Result<Adoption> {
+        let l = &self.layout;
+        let not = |detail: String| EngineError::NotAdoptable { detail };
+        let id = VersionId::new(be)?;
+        if version.trim().is_empty() {
+            return Err(not("the version to record is empty".into()));
+        }
+        let container = l.root_container();
+        let layout_version = match self.zfs.get(
+            &(&container).into(),
+            &[props::layout_version()],
+        ) {
+            Ok(mut got) => got.remove(&props::layout_version()).and_then(|v| v.value),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(not(format!(
+                    "there is no {container}: cairn adopts a root-on-ZFS system whose \
+                     boot environments are under {container} (the OpenZFS guide's layout)"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if layout_version.is_some() {
+            return Err(EngineError::AlreadyInitialized);
+        }
+        let root = l.root(&id);
+        let want = [
+            props::managed(),
+            PropName::native("mountpoint"),
+            PropName::native("canmount"),
+        ];
+        let got = match self.zfs.get(&(&root).into(), &want) {
+            Ok(got) => got,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(not(format!("there is no boot environment {root}")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let val = |p: &PropName| {
+            got.get(p)
+                .and_then(|v| v.value.clone())
+                .unwrap_or_default()
+        };
+        let mountpoint = val(&PropName::native("mountpoint"));
+        if mountpoint != "/" {
+            return Err(not(format!(
+                "{root} is mounted at '{mountpoint}', not '/': it is not a root file system"
+            )));
+        }
+        let canmount = val(&PropName::native("canmount"));
+        let snapshot = root
+            .snapshot("cairn-adopted")
+            .expect("a valid snapshot name");
+        let partial = self.snapshot_exists(&snapshot)?;
+        if !val(&props::managed()).is_empty() && !partial {
+            return Err(not(format!(
+                "{root} already carries cairn:managed but the pool has no cairn layout"
+            )));
+        }
+        let mut create = vec![l.config_container(), l.data_container(), l.journal()];
+        create.push(l.config(&id));
+        create.extend(l.data_datasets().cloned());
+        // A dataset in the way is someone else's: adoption never takes it over. Only an
+        // interrupted adoption (its snapshot is there) may have made them already.
+        let mut actions = vec![format!(
+            "snapshot {snapshot}: the system as it was before adoption"
+        )];
+        for ds in &create {
+            if self.exists(ds)? {
+                if partial {
+                    continue;
+                }
+                return Err(not(format!(
+                    "{ds} already exists and adoption would create it; move it away first"
+                )));
+            }
+            actions.push(format!("create {ds}"));
+        }
+        actions.push(format!(
+            "mark {root} as cairn's version {version} (id '{id}'): cairn:* properties and \
+             org.zfsbootmenu:commandline; its mountpoint and contents stay as they are"
+        ));
+        if canmount != "noauto" {
+            actions.push(format!("set canmount=noauto on {root} (it is '{canmount}')"));
+        }
+        actions.push(format!(
+            "make '{id}' the default boot and {}'s bootfs",
+            l.pool
+        ));
+        actions.push(format!("record cairn's layout on {container}"));
+        let others = self.zfs.list(&ListRequest {
+            roots: vec![container.clone()],
+            depth: Some(1),
+            types: vec![DatasetType::Filesystem],
+            ..Default::default()
+        })?;
+        let left_alone = others
+            .into_iter()
+            .filter_map(|e| match e.name {
+                ObjectName::Dataset(d) if d != container && d != root => Some(d.to_string()),
+                _ => None,
+            })
+            .collect();
+        Ok(Adoption {
+            id,
+            root,
+            snapshot,
+            version: version.to_owned(),
+            canmount,
+            actions,
+            left_alone,
+        })
     }
 
     /// Run at start: finishes or undoes what a crash interrupted, records the boot, and

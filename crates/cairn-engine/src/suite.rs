@@ -97,6 +97,10 @@ pub const CASES: &[(&str, Case)] = &[
         package_staging_leaves_running_root_alone,
     ),
     (
+        "adopt_a_stock_root_on_zfs_system",
+        adopt_a_stock_root_on_zfs_system,
+    ),
+    (
         "adopt_restored_versions_not_foreign_ones",
         adopt_restored_versions_not_foreign_ones,
     ),
@@ -836,6 +840,133 @@ fn package_staging_leaves_running_root_alone(w: &mut dyn World) {
         "failing package command",
     );
     assert_eq!(names(w), names_before);
+}
+
+/// A system installed as the OpenZFS root-on-ZFS guide does (`ROOT/debian` at `/`, a
+/// zectl-made BE beside it) is taken under management in place, after a dry run.
+fn adopt_a_stock_root_on_zfs_system(w: &mut dyn World) {
+    let l = w.engine().layout().clone();
+    let z = w.h().zfs();
+    let fs = |props: &[(&'static str, &str)]| CreateOptions {
+        parents: false,
+        props: props
+            .iter()
+            .map(|(k, v)| (PropName::native(k), v.to_string()))
+            .collect(),
+    };
+    z.create(
+        &l.root_container(),
+        &fs(&[("canmount", "off"), ("mountpoint", "none")]),
+    )
+    .unwrap();
+    let debian = l.root_container().child("debian").unwrap();
+    let other = l.root_container().child("zectl-be").unwrap();
+    for be in [&debian, &other] {
+        z.create(be, &fs(&[("canmount", "noauto"), ("mountpoint", "/")]))
+            .unwrap();
+    }
+    w.h().write_file(&debian, "etc/debian_version", b"13.2\n");
+    let install = debian.snapshot("install").unwrap();
+    z.snapshot(std::slice::from_ref(&install), &[]).unwrap();
+    let before = names(w);
+
+    // Bad requests are refused by name before anything is touched.
+    kind(
+        w.engine().adopt_system("nosuch", "13.2", false, BY),
+        |e| matches!(e, EngineError::NotAdoptable { detail } if detail.contains("nosuch")),
+        "no such BE",
+    );
+    kind(
+        w.engine().adopt_system("Not A Name", "13.2", false, BY),
+        |e| matches!(e, EngineError::BadVersionId { .. }),
+        "bad BE name",
+    );
+    z.create(&l.config_container(), &fs(&[("mountpoint", "none")]))
+        .unwrap();
+    kind(
+        w.engine().adopt_system("debian", "13.2", false, BY),
+        |e| matches!(e, EngineError::NotAdoptable { detail } if detail.contains("CONFIG")),
+        "a dataset in the way",
+    );
+    z.destroy(
+        &l.config_container().into(),
+        cairn_zfs::DestroyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(names(w), before, "refused adoptions changed nothing");
+
+    let dry = w.engine().adopt_system("debian", "13.2", true, BY).unwrap();
+    assert_eq!(names(w), before, "the dry run changed nothing");
+    kind(
+        w.engine().versions(),
+        |e| matches!(e, EngineError::NotInitialized),
+        "after the dry run",
+    );
+    assert_eq!(dry.left_alone, [other.to_string()]);
+    let said = dry.actions.join("\n");
+    for ds in [l.config(&id("debian")), l.journal()] {
+        assert!(said.contains(&format!("create {ds}")), "{said}");
+    }
+
+    let done = w.engine().adopt_system("debian", "13.2", false, BY).unwrap();
+    assert_eq!(done.actions, dry.actions, "it did what the dry run said");
+    let vs = w.engine().versions().unwrap();
+    let got: Vec<_> = vs
+        .iter()
+        .map(|v| (v.id.to_string(), v.version.clone(), v.stored))
+        .collect();
+    assert_eq!(got, [("debian".into(), "13.2".into(), Stored::Confirmed)]);
+    assert_eq!(
+        read_root(w, &id("debian"), "/etc/debian_version").as_deref(),
+        Some(&b"13.2\n"[..]),
+        "the root's contents stay where they were"
+    );
+    assert_eq!(w.engine().boot().read().unwrap().default, Some(id("debian")));
+    assert_eq!(
+        w.engine().pristine(&id("debian")).unwrap(),
+        install,
+        "the guide's @install snapshot is the pristine state"
+    );
+    let root_props = z
+        .get(
+            &debian.clone().into(),
+            &[PropName::native("mountpoint"), crate::props::zbm_commandline()],
+        )
+        .unwrap();
+    let vals: Vec<_> = root_props.values().map(|v| v.value.clone()).collect();
+    assert_eq!(
+        vals,
+        [
+            Some("/".to_string()),
+            Some("cairn.version=debian cairn.boot=normal".to_string())
+        ]
+    );
+    kind(
+        w.engine()
+            .activate(&id("zectl-be"), Activation::Permanent, false, BY),
+        |e| matches!(e, EngineError::Foreign { .. }),
+        "the other BE stays foreign",
+    );
+    let after = names(w);
+    kind(
+        w.engine().adopt_system("debian", "13.2", false, BY),
+        |e| matches!(e, EngineError::AlreadyInitialized),
+        "adopting twice",
+    );
+    assert_eq!(names(w), after);
+
+    // The adopted system upgrades like any other.
+    w.boot_into(&id("debian"), BootKind::Normal);
+    w.engine().reconcile(BY).unwrap();
+    let mut vendor = Vendor::new(w);
+    let (full, _) = vendor.release(w, "14.0", &[("/etc/debian_version", "14.0\n")]);
+    let v = stage(w, "14.0", &full, &[]).unwrap();
+    w.engine()
+        .activate(&v, Activation::Trial(1), false, BY)
+        .unwrap();
+    assert_eq!(w.reboot().version, v);
+    w.engine().confirm("", BY).unwrap();
+    assert_eq!(w.engine().boot().read().unwrap().default, Some(v));
 }
 
 fn adopt_restored_versions_not_foreign_ones(w: &mut dyn World) {
