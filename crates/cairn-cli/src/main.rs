@@ -147,6 +147,30 @@ enum Command {
         #[arg(long, default_value = "/usr/bin/systemctl reboot")]
         reboot_cmd: String,
     },
+    /// Take this installed root-on-ZFS system under management (root only). With
+    /// --adopt: the running boot environment (`<pool>/ROOT/<be>`, as the OpenZFS guide lays
+    /// it out) becomes a version in place, nothing is copied or moved; a config dataset
+    /// and the journal are created and GRUB is installed with its files on cairn's boot
+    /// partition (an ext4 or vfat partition labelled CAIRNBOOT at /boot/cairn). The plan
+    /// is always shown first; --dry-run stops there. New appliances are provisioned at the
+    /// factory instead (`cairnd provision`).
+    Init {
+        /// Adopt the installed system (the only way `init` works on a running system).
+        #[arg(long)]
+        adopt: bool,
+        /// Show what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do it without asking (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// The boot environment to adopt (default: the one mounted at /).
+        #[arg(long)]
+        be: Option<String>,
+        /// The version recorded for it (default: debian-<contents of /etc/debian_version>).
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Write man pages into DIR.
@@ -202,6 +226,74 @@ impl std::fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// `cairnctl init --adopt`: runs `cairnd adopt` (the daemon's binary, as root, before
+/// there is anything for the running daemon to manage): the plan first, then, confirmed,
+/// the adoption.
+fn init(
+    adopt: bool,
+    dry_run: bool,
+    yes: bool,
+    be: &Option<String>,
+    version: &Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !adopt {
+        return Err(fail(
+            2,
+            "`cairnctl init` takes over an installed system: use --adopt (see --help); new \
+             appliances are provisioned at the factory with `cairnd provision`"
+                .into(),
+        ));
+    }
+    let cairnd = std::env::var_os("CAIRND").unwrap_or_else(|| "/usr/libexec/cairnd".into());
+    let run = |dry: bool| -> anyhow::Result<()> {
+        let mut cmd = std::process::Command::new(&cairnd);
+        cmd.arg("adopt");
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        if json {
+            cmd.arg("--json");
+        }
+        if let Some(b) = be {
+            cmd.args(["--be", b]);
+        }
+        if let Some(v) = version {
+            cmd.args(["--version", v]);
+        }
+        let status = cmd
+            .status()
+            .with_context(|| format!("running {}", cairnd.to_string_lossy()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(fail(
+                1,
+                format!("adoption {}", if dry { "refused" } else { "failed" }),
+            ))
+        }
+    };
+    run(true)?;
+    if dry_run {
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(fail(
+                8,
+                "not on a terminal: add --yes to adopt the system as shown".into(),
+            ));
+        }
+        eprint!("Adopt this system as shown? Type 'yes' to go on: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            return Err(fail(7, "not adopted: nothing was changed".into()));
+        }
+    }
+    run(false)
+}
 
 pub(crate) fn fail(code: i32, message: String) -> anyhow::Error {
     anyhow::Error::new(Failure { code, message })
@@ -280,6 +372,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Man { dir } => return write_man(dir),
         _ => {}
+    }
+    if let Command::Init {
+        adopt,
+        dry_run,
+        yes,
+        be,
+        version,
+    } = &cli.command
+    {
+        return init(*adopt, *dry_run, *yes, be, version, cli.json);
     }
     // Grants are local files sshd reads: no daemon involved.
     if let Command::Support(SupportCmd::Grant { key, expires, file }) = &cli.command {
@@ -523,7 +625,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             reboot_cmd,
         } => health::run(&p, &checks_dir, timeout, &reboot_cmd, json).await,
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Init { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -639,3 +639,67 @@ fn support_export_and_grants() {
         2
     );
 }
+
+/// `init --adopt` shows cairnd's plan first; a refused plan stops there, a dry run stops
+/// after it, and without a terminal nothing is adopted unless --yes says so.
+#[test]
+fn init_adopt_shows_the_plan_first_and_asks() {
+    let dir = std::env::temp_dir().join(format!("cairnctl-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let calls = dir.join("calls");
+    let fake = |refuse: bool| {
+        let path = dir.join(if refuse { "refuse" } else { "accept" });
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\necho plan\nexit {}\n",
+                calls.display(),
+                u8::from(refuse)
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let init = |cairnd: &std::path::Path, args: &[&str]| {
+        let _ = std::fs::remove_file(&calls);
+        let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+            .env("CAIRND", cairnd)
+            .arg("init")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let said = std::fs::read_to_string(&calls).unwrap_or_default();
+        (code(&out), said)
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "init without --adopt is a usage error");
+    let (accept, refuse) = (fake(false), fake(true));
+    assert_eq!(
+        init(&refuse, &["--adopt", "--yes"]),
+        (1, "adopt --dry-run\n".into()),
+        "a refused plan is not carried out"
+    );
+    assert_eq!(
+        init(&accept, &["--adopt", "--dry-run", "--be", "debian"]),
+        (0, "adopt --dry-run --be debian\n".into())
+    );
+    assert_eq!(
+        init(&accept, &["--adopt"]),
+        (8, "adopt --dry-run\n".into()),
+        "no terminal, no --yes: only the plan"
+    );
+    assert_eq!(
+        init(&accept, &["--adopt", "--yes", "--version", "13.2"]),
+        (
+            0,
+            "adopt --dry-run --version 13.2\nadopt --version 13.2\n".into()
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,7 @@
 //! [`service`]; the wire contract (names, errors, client proxies) in [`api`]. The daemon
 //! holds no state of its own: everything is in ZFS, the boot state and the journal.
 
+pub mod adopt;
 pub mod api;
 pub mod service;
 pub mod sim;

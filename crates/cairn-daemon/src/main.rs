@@ -82,6 +82,27 @@ enum Cmd {
     /// On a system cairn does not manage (no layout file, or no `cairn init` yet) it
     /// says so and changes nothing.
     WriteMenu,
+    /// Take an installed root-on-ZFS system (`<pool>/ROOT/<be>` at `/`, as the OpenZFS
+    /// guide lays it out) under management in place: the root becomes a version, a config
+    /// dataset and the journal are created, GRUB is installed with its files on cairn's
+    /// boot partition. `cairnctl init --adopt` runs this; see its --help.
+    Adopt {
+        /// The boot environment to adopt (default: the one mounted at /).
+        #[arg(long)]
+        be: Option<String>,
+        /// The version recorded for it (default: debian-<contents of /etc/debian_version>).
+        #[arg(long)]
+        version: Option<String>,
+        /// Say what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The disk GRUB is installed to (default: the disk of the boot partition).
+        #[arg(long)]
+        grub_disk: Option<std::path::PathBuf>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a release stream the simulator accepts (`cairnctl install --version V FILE`).
     SimRelease {
         version: String,
@@ -115,6 +136,76 @@ fn real_config(args: &Args) -> RealConfig {
         work: std::path::PathBuf::from("/run/cairn"),
         altroot: args.altroot.clone(),
     }
+}
+
+fn adopt(
+    args: &Args,
+    be: &Option<String>,
+    version: &Option<String>,
+    dry_run: bool,
+    grub_disk: &Option<std::path::PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use cairn_daemon::adopt;
+    let (engine, _) = real_engine(&real_config(args))?;
+    let req = adopt::Request {
+        be: be.clone(),
+        version: version.clone(),
+        dry_run,
+        grub_disk: grub_disk.clone(),
+        grubenv: args.grubenv.clone(),
+        grub_dir: args.grub_dir.clone(),
+        env_label: args.env_label.clone(),
+        cmdline: args.cmdline.clone(),
+        defaults_file: "/etc/default/cairnd".into(),
+    };
+    let write_menu = |e: &cairn_engine::Engine, cmdline: &str| {
+        let mut cfg = real_config(args);
+        cfg.cmdline = cmdline.to_owned();
+        match real_engine(&cfg) {
+            Ok((_, after)) => after(e),
+            Err(err) => tracing::error!(error = %err, "the GRUB menu was not written"),
+        }
+    };
+    let plan = adopt::adopt(&engine, &req, &write_menu)?;
+    let a = &plan.adoption;
+    if json {
+        let v = serde_json::json!({
+            "schema": "cairn/1",
+            "dry_run": dry_run,
+            "root": a.root.to_string(),
+            "id": a.id.to_string(),
+            "version": a.version,
+            "actions": a.actions.iter().chain(&plan.boot).collect::<Vec<_>>(),
+            "left_alone": a.left_alone,
+            "grub_disk": plan.disk,
+            "cmdline": plan.cmdline,
+        });
+        println!("{v:#}");
+        return Ok(());
+    }
+    println!(
+        "{} {} as version {} (id '{}'):",
+        if dry_run { "Would adopt" } else { "Adopted" },
+        a.root,
+        a.version,
+        a.id
+    );
+    for (n, step) in a.actions.iter().chain(&plan.boot).enumerate() {
+        println!("  {}. {step}", n + 1);
+    }
+    if !a.left_alone.is_empty() {
+        println!("Left alone (not cairn's): {}", a.left_alone.join(", "));
+    }
+    println!("Customer data and every other dataset stay where they are; nothing is copied.");
+    if dry_run {
+        println!("Dry run: nothing was changed. `cairnctl init --adopt --yes` does the above.");
+    } else {
+        println!(
+            "Done. Reboot to start through cairn's menu; `cairnctl status` shows the version."
+        );
+    }
+    Ok(())
 }
 
 fn gid_of(group: &str) -> Option<u32> {
@@ -203,6 +294,16 @@ async fn main() -> anyhow::Result<()> {
         after(&engine);
         println!("provisioned: factory baseline and version {id} (the default)");
         return Ok(());
+    }
+    if let Some(Cmd::Adopt {
+        be,
+        version,
+        dry_run,
+        grub_disk,
+        json,
+    }) = &args.command
+    {
+        return adopt(&args, be, version, *dry_run, grub_disk, *json);
     }
     if let Some(Cmd::SimRelease { version, output }) = &args.command {
         let model = cairn_zfs::model::ZfsModel::new();

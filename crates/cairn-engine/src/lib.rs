@@ -566,14 +566,13 @@ impl Engine {
     pub fn init(&self, by: &str) -> Result<Vec<DatasetName>> {
         let l = &self.layout;
         if self.exists(&l.root_container())? {
-            self.require_init()
-                .map_err(|_| EngineError::NotAdoptable {
-                    detail: format!(
-                        "{} exists but is not cairn's: take the system over with \
+            self.require_init().map_err(|_| EngineError::NotAdoptable {
+                detail: format!(
+                    "{} exists but is not cairn's: take the system over with \
                          `cairnctl init --adopt` instead",
-                        l.root_container()
-                    ),
-                })?;
+                    l.root_container()
+                ),
+            })?;
             return Err(EngineError::AlreadyInitialized);
         }
         let none = |v: &str| (PropName::native("mountpoint"), v.to_owned());
@@ -1968,7 +1967,8 @@ impl Engine {
         let (id, root) = (&plan.id, &plan.root);
         let now = self.host.now().to_string();
         if !self.snapshot_exists(&plan.snapshot)? {
-            self.zfs.snapshot(std::slice::from_ref(&plan.snapshot), &[])?;
+            self.zfs
+                .snapshot(std::slice::from_ref(&plan.snapshot), &[])?;
         }
         let none = (PropName::native("mountpoint"), "none".to_owned());
         let off = (PropName::native("canmount"), "off".to_owned());
@@ -2021,7 +2021,12 @@ impl Engine {
             "adopt-system",
             by,
             id.as_str(),
-            vec!["snapshot".into(), "create".into(), "mark".into(), "boot".into()],
+            vec![
+                "snapshot".into(),
+                "create".into(),
+                "mark".into(),
+                "boot".into(),
+            ],
             "ok",
         )?;
         Ok(plan)
@@ -2035,16 +2040,16 @@ impl Engine {
             return Err(not("the version to record is empty".into()));
         }
         let container = l.root_container();
-        let layout_version = match self.zfs.get(
-            &(&container).into(),
-            &[props::layout_version()],
-        ) {
+        let layout_version = match self
+            .zfs
+            .get(&(&container).into(), &[props::layout_version()])
+        {
             Ok(mut got) => got.remove(&props::layout_version()).and_then(|v| v.value),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(not(format!(
                     "there is no {container}: cairn adopts a root-on-ZFS system whose \
                      boot environments are under {container} (the OpenZFS guide's layout)"
-                )))
+                )));
             }
             Err(e) => return Err(e.into()),
         };
@@ -2060,15 +2065,11 @@ impl Engine {
         let got = match self.zfs.get(&(&root).into(), &want) {
             Ok(got) => got,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(not(format!("there is no boot environment {root}")))
+                return Err(not(format!("there is no boot environment {root}")));
             }
             Err(e) => return Err(e.into()),
         };
-        let val = |p: &PropName| {
-            got.get(p)
-                .and_then(|v| v.value.clone())
-                .unwrap_or_default()
-        };
+        let val = |p: &PropName| got.get(p).and_then(|v| v.value.clone()).unwrap_or_default();
         let mountpoint = val(&PropName::native("mountpoint"));
         if mountpoint != "/" {
             return Err(not(format!(
@@ -2109,7 +2110,9 @@ impl Engine {
              org.zfsbootmenu:commandline; its mountpoint and contents stay as they are"
         ));
         if canmount != "noauto" {
-            actions.push(format!("set canmount=noauto on {root} (it is '{canmount}')"));
+            actions.push(format!(
+                "set canmount=noauto on {root} (it is '{canmount}')"
+            ));
         }
         actions.push(format!(
             "make '{id}' the default boot and {}'s bootfs",

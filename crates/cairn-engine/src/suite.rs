@@ -908,7 +908,10 @@ fn adopt_a_stock_root_on_zfs_system(w: &mut dyn World) {
         assert!(said.contains(&format!("create {ds}")), "{said}");
     }
 
-    let done = w.engine().adopt_system("debian", "13.2", false, BY).unwrap();
+    let done = w
+        .engine()
+        .adopt_system("debian", "13.2", false, BY)
+        .unwrap();
     assert_eq!(done.actions, dry.actions, "it did what the dry run said");
     let vs = w.engine().versions().unwrap();
     let got: Vec<_> = vs
@@ -921,7 +924,10 @@ fn adopt_a_stock_root_on_zfs_system(w: &mut dyn World) {
         Some(&b"13.2\n"[..]),
         "the root's contents stay where they were"
     );
-    assert_eq!(w.engine().boot().read().unwrap().default, Some(id("debian")));
+    assert_eq!(
+        w.engine().boot().read().unwrap().default,
+        Some(id("debian"))
+    );
     assert_eq!(
         w.engine().pristine(&id("debian")).unwrap(),
         install,
@@ -930,7 +936,10 @@ fn adopt_a_stock_root_on_zfs_system(w: &mut dyn World) {
     let root_props = z
         .get(
             &debian.clone().into(),
-            &[PropName::native("mountpoint"), crate::props::zbm_commandline()],
+            &[
+                PropName::native("mountpoint"),
+                crate::props::zbm_commandline(),
+            ],
         )
         .unwrap();
     let vals: Vec<_> = root_props.values().map(|v| v.value.clone()).collect();
