@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cairn_daemon::api::{JobProxy, UpdaterProxy};
+use cairn_zfs::cmd::{Cmd, Runner};
 use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::StreamExt;
 
@@ -247,25 +248,27 @@ fn init(
         ));
     }
     let cairnd = std::env::var_os("CAIRND").unwrap_or_else(|| "/usr/libexec/cairnd".into());
+    let cairnd = std::path::PathBuf::from(cairnd);
     let run = |dry: bool| -> anyhow::Result<()> {
-        let mut cmd = std::process::Command::new(&cairnd);
-        cmd.arg("adopt");
+        let mut cmd = Cmd::new(&cairnd).arg("adopt");
         if dry {
-            cmd.arg("--dry-run");
+            cmd = cmd.arg("--dry-run");
         }
         if json {
-            cmd.arg("--json");
+            cmd = cmd.arg("--json");
         }
         if let Some(b) = be {
-            cmd.args(["--be", b]);
+            cmd = cmd.args(["--be", b]);
         }
         if let Some(v) = version {
-            cmd.args(["--version", v]);
+            cmd = cmd.args(["--version", v]);
         }
-        let status = cmd
-            .status()
-            .with_context(|| format!("running {}", cairnd.to_string_lossy()))?;
-        if status.success() {
+        let fin = Runner::new()
+            .run_unchecked(&cmd)
+            .map_err(|e| fail(1, e.to_string()))?;
+        print!("{}", fin.stdout);
+        eprint!("{}", fin.stderr);
+        if fin.success() {
             Ok(())
         } else {
             Err(fail(

@@ -4,11 +4,10 @@
 //! partition (writable by GRUB, for the boot state), the menu on it, and GRUB installed
 //! with its prefix there, so no boot environment holds the boot loader's files.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use anyhow::{Context, bail};
 use cairn_engine::{Adoption, Engine};
+use cairn_zfs::cmd::{Cmd, Runner};
+use std::path::{Path, PathBuf};
 
 /// One line of `/proc/self/mountinfo`: where, what, from where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +171,8 @@ pub fn adopt(
             dir = boot_dir.display()
         );
     };
-    let label = output(Command::new("blkid").args(["-s", "LABEL", "-o", "value", &area.source]))
+    let label = Runner::new()
+        .run(&Cmd::new("blkid").args(["-s", "LABEL", "-o", "value", &area.source]))
         .unwrap_or_default();
     if label.trim() != req.env_label {
         bail!(
@@ -195,13 +195,10 @@ pub fn adopt(
     let disk = match &req.grub_disk {
         Some(d) => d.clone(),
         None => PathBuf::from(
-            output(
-                Command::new("grub-probe")
-                    .args(["--target=disk"])
-                    .arg(boot_dir),
-            )
-            .context("finding the disk of the boot partition (grub-probe)")?
-            .trim(),
+            Runner::new()
+                .run(&Cmd::new("grub-probe").arg("--target=disk").arg(boot_dir))
+                .context("finding the disk of the boot partition (grub-probe)")?
+                .trim(),
         ),
     };
     let version = match &req.version {
@@ -254,19 +251,15 @@ pub fn adopt(
         req.grub_dir.join("grub.cfg"),
         loader_cfg(serial_console(&plan.cmdline)),
     )?;
-    let status = Command::new("grub-install")
+    let install = Cmd::new("grub-install")
         .arg("--target=i386-pc")
         .arg(format!("--boot-directory={}", boot_dir.display()))
-        .arg(&plan.disk)
-        .status()
-        .context("running grub-install")?;
-    if !status.success() {
+        .arg(&plan.disk);
+    if let Err(e) = Runner::new().run(&install) {
         bail!(
-            "the datasets are adopted and the menu is written, but grub-install failed ({status}); \
-             the old boot loader still boots the system: run `grub-install --target=i386-pc \
-             --boot-directory={} {}` once the problem is fixed",
-            boot_dir.display(),
-            plan.disk.display()
+            "the datasets are adopted and the menu is written, but grub-install failed ({e}); \
+             the old boot loader still boots the system: run `{}` once the problem is fixed",
+            install.display()
         );
     }
     Ok(Plan {
@@ -293,14 +286,6 @@ fn keep_cmdline(file: &Path, cmdline: &str) -> anyhow::Result<()> {
         cmdline.replace('"', "")
     ));
     std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
