@@ -52,7 +52,7 @@ pub fn release_bins() -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Hashes every file under `dir` (path and contents, in a stable order).
-fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
+pub fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .flatten()
@@ -396,7 +396,7 @@ impl Appliance {
     pub fn wait_shell(&mut self, timeout: Duration) -> Result<()> {
         // Only a fresh boot logs in; a prompt alone may be the old shell's last one.
         self.wait_for("(automatic login)", timeout)?;
-        self.wait_for("root@demo:", Duration::from_secs(60))?;
+        self.wait_for("root@", Duration::from_secs(60))?;
         self.wait_for("# ", Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_millis(500));
         self.sh("stty cols 1000", 60)?;

@@ -202,10 +202,11 @@ pub fn build() -> Result<PathBuf> {
 
 /// `cargo xtask deb`: builds the package, runs lintian on it, then installs, removes and
 /// purges it in the test guest (`tests/deb/check.sh`).
-pub fn run() -> Result<()> {
+pub fn run() -> Result<PathBuf> {
     let deb = build()?;
     lintian(&deb)?;
-    check_in_guest(&deb)
+    check_in_guest(&deb)?;
+    Ok(deb)
 }
 
 /// Boots the tier-1 guest (stock Debian with OpenZFS) with the package and the check

@@ -43,6 +43,21 @@ impl Device {
         Ok(b)
     }
 
+    /// Powers a disk image on from cold (no saved state) and waits for its root shell.
+    pub fn cold(img: &DemoImage, disk: &Path, work: &Path, name: &str, echo: bool) -> Result<Self> {
+        let log = work.join(format!("{name}.log"));
+        let vm = Appliance::start(img, disk, None, &log, echo)?;
+        let mut b = Self {
+            vm,
+            disk: disk.to_owned(),
+            log,
+            echo,
+            boots: 0,
+        };
+        b.wait_boot()?;
+        Ok(b)
+    }
+
     pub fn sh(&mut self, cmd: &str) -> Result<String> {
         self.vm.sh_ok(cmd, 900)
     }

@@ -5,6 +5,7 @@
 mod appliance;
 mod deb;
 mod e2e;
+mod stock;
 mod vm;
 
 use anyhow::{Result, bail};
@@ -15,7 +16,8 @@ usage: cargo xtask <task>
 tasks:
   test                  everything CI runs: host packages, `cargo test`, the
                         real-ZFS suites in the guest (vm-test), the Debian package
-                        (deb), then the demo appliance end to end (vm-test --e2e)
+                        (deb), cairn adopting a stock Debian root-on-ZFS system
+                        (stock), then the demo appliance end to end (vm-test --e2e)
   demo                  the demo appliance in a VM: install, trial, confirm, rollback,
                         an older version from the GRUB menu, factory reset
   demo-image            build (or reuse from cache) the demo appliance disk, its
@@ -33,6 +35,9 @@ tasks:
                         on the host, cairnd's idle memory; writes docs/bench.md
   deb                   build target/deb/cairn_<version>_amd64.deb with dpkg-deb
                         (packaging/deb, systemd/, grub/) and run lintian on it
+  stock                 install Debian on ZFS as the OpenZFS guide does (cached), then
+                        in a VM: install the .deb, adopt the system after a dry run,
+                        reboot through cairn's menu, upgrade with a bundle, remove
   capture-fixtures      run zfs/zpool in the guest and store their scripted
                         output under crates/cairn-zfs/fixtures/
   host-deps             install the host packages the VM tasks need (root)
@@ -62,7 +67,8 @@ fn run() -> Result<()> {
             vm::cargo_test()?;
             vm::test(None, 2400)?;
             vm::host_deps_with(&["lintian", "binutils"])?;
-            deb::run()?;
+            let deb = deb::run()?;
+            stock::run(&deb)?;
             e2e::run(None)
         }
         "demo" => {
@@ -85,7 +91,11 @@ fn run() -> Result<()> {
         "bench" => vm::bench(),
         "deb" => {
             vm::host_deps_with(&["lintian", "binutils"])?;
-            deb::run()
+            deb::run().map(drop)
+        }
+        "stock" => {
+            vm::host_deps_with(&["lintian", "binutils"])?;
+            stock::run(&deb::build()?)
         }
         "host-deps" => vm::host_deps(),
         "help" | "--help" | "-h" => {
