@@ -332,9 +332,17 @@ async fn main() -> anyhow::Result<()> {
         let (engine, after) = real_engine(&real_config(&args))?;
         // Finish or undo what a crash interrupted, and record this boot, before serving.
         let e = engine.clone();
-        let report = tokio::task::spawn_blocking(move || e.reconcile("cairnd")).await??;
-        for a in &report.actions {
-            tracing::warn!(action = %a, "reconcile");
+        match tokio::task::spawn_blocking(move || e.reconcile("cairnd")).await? {
+            Ok(report) => {
+                for a in &report.actions {
+                    tracing::warn!(action = %a, "reconcile");
+                }
+            }
+            // Served all the same: status says how to take the system over.
+            Err(cairn_engine::EngineError::NotInitialized) => {
+                tracing::warn!("this system is not managed by cairn yet (`cairnctl init --adopt`)");
+            }
+            Err(e) => return Err(e.into()),
         }
         after(&engine);
         let policy = AuthPolicy {

@@ -861,11 +861,27 @@ fn adopt_a_stock_root_on_zfs_system(w: &mut dyn World) {
     .unwrap();
     let debian = l.root_container().child("debian").unwrap();
     let other = l.root_container().child("zectl-be").unwrap();
-    for be in [&debian, &other] {
-        z.create(be, &fs(&[("canmount", "noauto"), ("mountpoint", "/")]))
+    // Installed elsewhere first (as a chroot install is), then set to mount at `/`.
+    for (be, dir) in [(&debian, "/install-debian"), (&other, "/install-other")] {
+        z.create(be, &fs(&[("mountpoint", dir)])).unwrap();
+        w.h().write_file(be, "etc/debian_version", b"13.2\n");
+        let mp = PropName::native("mountpoint");
+        let at = z
+            .get(&be.clone().into(), std::slice::from_ref(&mp))
+            .unwrap()[&mp]
+            .value
+            .clone()
             .unwrap();
+        z.unmount(std::path::Path::new(&at)).unwrap();
+        z.set(
+            &be.clone().into(),
+            &[
+                (PropName::native("canmount"), "noauto".into()),
+                (mp, "/".into()),
+            ],
+        )
+        .unwrap();
     }
-    w.h().write_file(&debian, "etc/debian_version", b"13.2\n");
     let install = debian.snapshot("install").unwrap();
     z.snapshot(std::slice::from_ref(&install), &[]).unwrap();
     let before = names(w);
