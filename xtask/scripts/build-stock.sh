@@ -99,6 +99,9 @@ CAIRN_PRODUCT_ID=stock-debian
 CAIRN_HARDWARE_ID=qemu-x86
 CAIRN_CMDLINE="ro console=ttyS0,115200"
 ENV
+# The vendor's image mounts cairn's boot partition, as every cairn appliance image does.
+echo 'LABEL=CAIRNBOOT /boot/cairn ext4 defaults,nofail 0 2' >>/build/v2/etc/fstab
+mkdir -p /build/v2/boot/cairn
 echo 2 >/build/v2/etc/stock-release
 zfs snapshot build/v2@2
 mkdir -p /scratch/config

@@ -245,8 +245,8 @@ pub fn adopt(
     let done = engine.adopt_system(&be, &version, false, "cairnctl")?;
     tracing::info!(be = %be, version = %version, "adopted the system's root");
     keep_cmdline(&req.defaults_file, &plan.cmdline)?;
-    write_menu(engine, &plan.cmdline);
     std::fs::create_dir_all(&req.grub_dir)?;
+    write_menu(engine, &plan.cmdline);
     std::fs::write(
         req.grub_dir.join("grub.cfg"),
         loader_cfg(serial_console(&plan.cmdline)),
@@ -261,6 +261,10 @@ pub fn adopt(
              the old boot loader still boots the system: run `{}` once the problem is fixed",
             install.display()
         );
+    }
+    // A daemon already running was started with the old settings (kernel arguments).
+    if Path::new("/run/systemd/system").exists() {
+        let _ = Runner::new().run(&Cmd::new("systemctl").args(["try-restart", "cairnd.service"]));
     }
     Ok(Plan {
         adoption: done,
