@@ -114,6 +114,34 @@ pub fn root_be(mounts: &[Mount], container: &str) -> anyhow::Result<String> {
     }
 }
 
+/// GRUB boots each version's kernel from its own root (`/vmlinuz`, `/initrd.img`): a
+/// `/boot` on another file system (the guide's boot pool) would leave the adopted
+/// version without a kernel GRUB can find, so it is refused, as are missing links.
+pub fn check_kernel_in_root(
+    mounts: &[Mount],
+    exists: &dyn Fn(&Path) -> bool,
+) -> anyhow::Result<()> {
+    if let Some(boot) = mounted_at(mounts, Path::new("/boot")) {
+        bail!(
+            "cannot adopt this system: /boot is a separate file system ({} {}), and cairn \
+             boots each version's kernel from the version's own root; boot pools are not \
+             supported yet (the guide's no-bpool layout is); nothing was changed",
+            boot.fstype,
+            boot.source
+        );
+    }
+    for link in ["/vmlinuz", "/initrd.img"] {
+        if !exists(Path::new(link)) {
+            bail!(
+                "cannot adopt this system: {link} is missing, and GRUB boots each version \
+                 through it; set do_symlinks = yes in /etc/kernel-img.conf and run \
+                 `dpkg-reconfigure linux-image-$(uname -r)`; nothing was changed"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What `cairnd adopt` needs to know.
 #[derive(Debug)]
 pub struct Request {
@@ -153,6 +181,7 @@ pub fn adopt(
         Some(be) => be.clone(),
         None => root_be(&mounts, &container)?,
     };
+    check_kernel_in_root(&mounts, &|p: &Path| p.exists())?;
     let boot_dir = req
         .grubenv
         .parent()
@@ -323,6 +352,26 @@ mod tests {
         let ext4 = parse_mountinfo("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n");
         let e = root_be(&ext4, "rpool/ROOT").unwrap_err().to_string();
         assert!(e.contains("/ is ext4"), "{e}");
+    }
+
+    #[test]
+    fn a_boot_pool_or_missing_kernel_links_are_refused() {
+        let all = |_: &Path| true;
+        let m = parse_mountinfo(MOUNTINFO);
+        check_kernel_in_root(&m, &all).unwrap();
+        let bpool = parse_mountinfo(&format!(
+            "{MOUNTINFO}43 22 0:40 / /boot rw - zfs bpool/BOOT/debian rw\n"
+        ));
+        let e = check_kernel_in_root(&bpool, &all).unwrap_err().to_string();
+        assert!(
+            e.contains("bpool/BOOT/debian") && e.contains("boot pools"),
+            "{e}"
+        );
+        let no_initrd = |p: &Path| p != Path::new("/initrd.img");
+        let e = check_kernel_in_root(&m, &no_initrd)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/initrd.img is missing"), "{e}");
     }
 
     #[test]
