@@ -82,18 +82,6 @@ pub fn serial_console(cmdline: &str) -> Option<(u32, u32)> {
     })
 }
 
-/// GRUB's own `grub.cfg` on cairn's boot partition: the console, then cairn's menu.
-pub fn loader_cfg(serial: Option<(u32, u32)>) -> String {
-    let mut s = String::from("# Written by `cairnd adopt`: GRUB's console, then cairn's menu.\n");
-    if let Some((unit, speed)) = serial {
-        s.push_str(&format!(
-            "serial --unit={unit} --speed={speed}\nterminal_input serial console\nterminal_output serial console\n"
-        ));
-    }
-    s.push_str("if [ -f \"$prefix/cairn.cfg\" ]; then\n  source \"$prefix/cairn.cfg\"\nfi\n");
-    s
-}
-
 /// The root's boot environment name, when `/` is `<container>/<be>` on ZFS.
 pub fn root_be(mounts: &[Mount], container: &str) -> anyhow::Result<String> {
     let root = mounted_at(mounts, Path::new("/")).context("nothing is mounted at /")?;
@@ -278,7 +266,7 @@ pub fn adopt(
     write_menu(engine, &plan.cmdline);
     std::fs::write(
         req.grub_dir.join("grub.cfg"),
-        loader_cfg(serial_console(&plan.cmdline)),
+        cairn_grub::menu::render_loader(serial_console(&plan.cmdline)),
     )?;
     let install = Cmd::new("grub-install")
         .arg("--target=i386-pc")
@@ -380,13 +368,5 @@ mod tests {
         assert_eq!(kept_cmdline(line), "ro console=ttyS0,115200n8");
         assert_eq!(serial_console(line), Some((0, 115_200)));
         assert_eq!(serial_console("quiet"), None);
-    }
-
-    #[test]
-    fn the_loader_config_sources_cairns_menu_and_sets_the_serial_console() {
-        let cfg = loader_cfg(Some((1, 9600)));
-        assert!(cfg.contains("serial --unit=1 --speed=9600"));
-        assert!(cfg.contains("source \"$prefix/cairn.cfg\""));
-        assert!(!loader_cfg(None).contains("serial"));
     }
 }

@@ -124,6 +124,21 @@ fn boot_selected(m: &MenuModel, indent: &str, kind: &str, extra: &str) -> String
 }
 
 /// `cairn.cfg`: state, decision, default entry, and the recovery submenu wrapper.
+/// GRUB's own `grub.cfg` beside cairn's menu on the boot partition (written when a system
+/// is adopted): the serial console if the kernel uses one (`unit`, `speed`), then the
+/// menu.
+pub fn render_loader(serial: Option<(u32, u32)>) -> String {
+    let mut s = String::from("# Written by cairn: GRUB's console, then cairn's menu.\n");
+    if let Some((unit, speed)) = serial {
+        let _ = writeln!(
+            s,
+            "serial --unit={unit} --speed={speed}\nterminal_input serial console\nterminal_output serial console"
+        );
+    }
+    s.push_str("if [ -f \"$prefix/cairn.cfg\" ]; then\n  source \"$prefix/cairn.cfg\"\nfi\n");
+    s
+}
+
 pub fn render_main(m: &MenuModel) -> String {
     let mut s = String::from(HEADER);
     let ids: Vec<&str> = m.versions.iter().map(|v| v.id.as_str()).collect();

@@ -106,6 +106,23 @@ fn every_generated_file_passes_grub_script_check() {
 }
 
 #[test]
+fn the_loader_config_passes_grub_script_check_and_sources_the_menu() {
+    tool("grub-script-check");
+    let dir = tmpdir("loader");
+    for (i, serial) in [Some((1, 9600)), None].into_iter().enumerate() {
+        let text = menu::render_loader(serial);
+        let p = dir.join(format!("loader-{i}.cfg"));
+        std::fs::write(&p, &text).unwrap();
+        assert!(script_check(&p).unwrap(), "{text}");
+        assert!(text.contains("source \"$prefix/cairn.cfg\""), "{text}");
+        assert_eq!(
+            text.contains("serial --unit=1 --speed=9600"),
+            serial.is_some()
+        );
+    }
+}
+
+#[test]
 fn grub_script_check_catches_a_broken_file() {
     tool("grub-script-check");
     let dir = tmpdir("broken");
