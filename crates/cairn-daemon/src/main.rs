@@ -199,7 +199,9 @@ fn adopt(
     }
     println!("Customer data and every other dataset stay where they are; nothing is copied.");
     if dry_run {
-        println!("Dry run: nothing was changed. `cairnctl init --adopt --yes` does the above.");
+        println!(
+            "Dry run: nothing was changed. Run the same command without --dry-run to do the above."
+        );
     } else {
         println!(
             "Done. Reboot to start through cairn's menu; `cairnctl status` shows the version."
