@@ -117,6 +117,14 @@ enum BundleCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Wrap a bundle as an SWU file (cpio with a `sw-description` naming its version and
+    /// hardware), the artifact type DDI update servers such as goosebit accept; the
+    /// appliance's fleet client takes the bundle back out as it downloads.
+    Swu {
+        bundle: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Show what a bundle contains (no key needed).
     Inspect {
         bundle: PathBuf,
@@ -354,6 +362,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.manifest.product,
                 r.manifest.version,
                 seen.len()
+            );
+            Ok(())
+        }
+        BundleCmd::Swu { bundle, output } => {
+            let manifest = open(&bundle)?.manifest;
+            let mut f = std::fs::File::open(&bundle)
+                .with_context(|| format!("opening {}", bundle.display()))?;
+            let (sha256, size) = cairn_fleet::swu::sha256_of(&mut f)?;
+            let desc = cairn_fleet::swu::Description {
+                version: manifest.version.clone(),
+                hardware: manifest.hardware.clone(),
+                filename: bundle
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256,
+            };
+            let mut f = std::fs::File::open(&bundle)?;
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(&output)
+                    .with_context(|| format!("creating {}", output.display()))?,
+            );
+            cairn_fleet::swu::write(&mut out, &desc, &mut f, size)?;
+            std::io::Write::flush(&mut out)?;
+            println!(
+                "{} {} -> {} (SWU, {} bytes of bundle)",
+                manifest.product,
+                manifest.version,
+                output.display(),
+                size
             );
             Ok(())
         }
