@@ -204,6 +204,15 @@ fn story(b: &mut Device, ok: &mut dyn FnMut(&str)) -> Result<()> {
          && echo 'LABEL=CAIRNBOOT /boot/cairn ext4 defaults 0 2' >> /etc/fstab \
          && mount /boot/cairn",
     )?;
+    // mkfs.ext4 makes a journal, which GRUB would not replay after a power cut.
+    let (rc, out) = b.sh_rc("cairnctl init --adopt --dry-run")?;
+    ensure!(
+        rc != 0 && out.contains("has a journal"),
+        "a journaled boot partition is refused (rc {rc}): {out}"
+    );
+    ensure!(b.sh(POOL_STATE)? == pristine, "the refusal changed nothing");
+    ok("a boot partition with a journal is refused and changes nothing");
+    b.sh("umount /boot/cairn && tune2fs -q -O ^has_journal /dev/vda2 && mount /boot/cairn")?;
     b.sh("install -D -m644 /media/stick/vendor.pub /etc/cairn/keys/vendor.pub")?;
     b.sh(
         "printf 'CAIRN_PRODUCT=\"Debian on ZFS\"\\nCAIRN_PRODUCT_ID=stock-debian\\nCAIRN_HARDWARE_ID=qemu-x86\\n' > /etc/default/cairnd",

@@ -130,6 +130,14 @@ pub fn check_kernel_in_root(
     Ok(())
 }
 
+/// Whether `tune2fs -l` output lists the `has_journal` feature.
+pub fn has_journal(tune2fs: &str) -> bool {
+    tune2fs
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .is_some_and(|f| f.split_whitespace().any(|w| w == "has_journal"))
+}
+
 /// What `cairnd adopt` needs to know.
 #[derive(Debug)]
 pub struct Request {
@@ -182,7 +190,7 @@ pub fn adopt(
             "cannot adopt this system: cairn keeps the boot state where GRUB can write it, on a \
              small ext4 or vfat partition labelled {label} mounted at {dir}, and none is \
              mounted there; nothing was changed.\n  Make one (64 MiB is plenty), e.g.: \
-             mkfs.ext4 -L {label} /dev/sdX2 && mkdir -p {dir} && \
+             mkfs.ext4 -O ^has_journal -L {label} /dev/sdX2 && mkdir -p {dir} && \
              echo 'LABEL={label} {dir} ext4 defaults 0 2' >> /etc/fstab && mount {dir}",
             label = req.env_label,
             dir = boot_dir.display()
@@ -202,6 +210,23 @@ pub fn adopt(
             area.source,
             req.env_label
         );
+    }
+    if area.fstype != "vfat" {
+        let features = Runner::new()
+            .run(&Cmd::new("tune2fs").arg("-l").arg(&area.source))
+            .unwrap_or_default();
+        if has_journal(&features) {
+            bail!(
+                "cannot adopt this system: {} at {} has a journal; GRUB reads the partition \
+                 without replaying it, so after a power cut it can read a half-updated menu. \
+                 Remove it (umount {dir}; tune2fs -O ^has_journal {}; mount {dir}) and run \
+                 this again; nothing was changed",
+                area.source,
+                boot_dir.display(),
+                area.source,
+                dir = boot_dir.display()
+            );
+        }
     }
     if Path::new("/sys/firmware/efi").exists() {
         bail!(
@@ -360,6 +385,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/initrd.img is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_journal_on_the_boot_partition_is_seen() {
+        let with = "Filesystem volume name:   CAIRNBOOT\nFilesystem features:      has_journal ext_attr resize_inode extent\n";
+        let without = "Filesystem features:      ext_attr resize_inode dir_index extent 64bit\n";
+        assert!(has_journal(with));
+        assert!(!has_journal(without));
+        assert!(!has_journal(""));
     }
 
     #[test]
