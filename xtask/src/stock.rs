@@ -212,7 +212,7 @@ fn story(b: &mut Device, ok: &mut dyn FnMut(&str)) -> Result<()> {
     );
     ensure!(b.sh(POOL_STATE)? == pristine, "the refusal changed nothing");
     ok("a boot partition with a journal is refused and changes nothing");
-    b.sh("umount /boot/cairn && tune2fs -q -O ^has_journal /dev/vda2 && mount /boot/cairn")?;
+    b.sh("umount /boot/cairn && tune2fs -O ^has_journal /dev/vda2 && mount /boot/cairn")?;
     b.sh("install -D -m644 /media/stick/vendor.pub /etc/cairn/keys/vendor.pub")?;
     b.sh(
         "printf 'CAIRN_PRODUCT=\"Debian on ZFS\"\\nCAIRN_PRODUCT_ID=stock-debian\\nCAIRN_HARDWARE_ID=qemu-x86\\n' > /etc/default/cairnd",
