@@ -121,41 +121,71 @@ pub fn image() -> Result<DemoImage> {
             .arg(payload.join("vendor.key"))
             .stdout(Stdio::null()),
     )?;
-    let script = std::fs::read_to_string(vm::scripts().join("build-demo.sh"))?;
+    assemble_disk(
+        &guest,
+        &tmp,
+        "build-demo.sh",
+        "appliance disk ready",
+        512 << 20,
+    )?;
+    eprintln!(
+        "demo-image: disk assembled in {:.0?}; first boot",
+        start.elapsed()
+    );
+    let staged = DemoImage { dir: tmp.clone() };
+    first_boot(&staged)?;
+    vm::publish(&tmp, &dir, "demo-", start)?;
+    eprintln!("demo-image: ready in {:.0?}", start.elapsed());
+    Ok(img)
+}
+
+/// Runs `script` (from `xtask/scripts`) in the builder guest with `tmp/payload` as its
+/// payload, a blank 4 GiB target disk (/dev/vde) and a blank stick of `stick_size`
+/// (/dev/vdf, kept as `tmp/stick.img`); the script must report `done` in its results.
+/// The target becomes `tmp/disk.qcow2`; the payload and the builder's own disks go.
+pub fn assemble_disk(
+    guest: &vm::Guest,
+    tmp: &Path,
+    script: &str,
+    done: &str,
+    stick_size: u64,
+) -> Result<()> {
+    let payload = tmp.join("payload");
+    vm::write_exec(
+        &payload.join(script),
+        &std::fs::read_to_string(vm::scripts().join(script))?,
+    )?;
     vm::write_exec(
         &payload.join("run"),
         &format!(
-            "{}\nR=$R sh /payload/build-demo.sh 2>&1 || echo \"CAIRN-FATAL build-demo.sh exited with $?\" >> $R\nfinish\n",
+            "{}\nR=$R sh /payload/{script} 2>&1 || echo \"CAIRN-FATAL {script} exited with $?\" >> $R\nfinish\n",
             vm::GUEST_PRELUDE
         ),
     )?;
-    vm::write_exec(&payload.join("build-demo.sh"), &script)?;
     let target = tmp.join("target.img");
     let stick = tmp.join("stick.img");
-    for (img, size) in [(&target, 4u64 << 30), (&stick, 512 << 20)] {
+    for (img, size) in [(&target, 4u64 << 30), (&stick, stick_size)] {
         std::fs::File::create(img)?.set_len(size)?;
     }
     let outcome = vm::boot_with(
-        &guest,
+        guest,
         &payload,
-        &tmp,
+        tmp,
         Duration::from_secs(2400),
         &[&target, &stick],
     )?;
+    let log = tmp.join("serial.log");
     if let Some(fatal) = outcome
         .results
         .lines()
         .find(|l| l.starts_with("CAIRN-FATAL"))
     {
-        bail!(
-            "building the demo appliance failed: {fatal}; see {}",
-            tmp.join("serial.log").display()
-        );
+        bail!("{script} failed: {fatal}; see {}", log.display());
     }
     ensure!(
-        outcome.results.contains("appliance disk ready"),
-        "the builder did not finish; see {}",
-        tmp.join("serial.log").display()
+        outcome.results.contains(done),
+        "{script} did not finish; see {}",
+        log.display()
     );
     vm::sh(
         Command::new("qemu-img")
@@ -169,15 +199,7 @@ pub fn image() -> Result<DemoImage> {
     for f in ["payload.ext4", "results.img", "root.qcow2", "scratch.img"] {
         let _ = std::fs::remove_file(tmp.join(f));
     }
-    eprintln!(
-        "demo-image: disk assembled in {:.0?}; first boot",
-        start.elapsed()
-    );
-    let staged = DemoImage { dir: tmp.clone() };
-    first_boot(&staged)?;
-    vm::publish(&tmp, &dir, "demo-", start)?;
-    eprintln!("demo-image: ready in {:.0?}", start.elapsed());
-    Ok(img)
+    Ok(())
 }
 
 /// Boots the provisioned disk once, waits for the root shell with cairnd answering, and

@@ -7,12 +7,12 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use sha2::{Digest, Sha256};
 
-use crate::appliance::{DemoImage, hash_tree, overlay};
+use crate::appliance::{DemoImage, assemble_disk, hash_tree, overlay};
 use crate::e2e::Device;
 use crate::vm;
 
@@ -76,55 +76,13 @@ fn image(deb: &Path) -> Result<DemoImage> {
             .arg(payload.join("vendor.key"))
             .stdout(Stdio::null()),
     )?;
-    vm::write_exec(
-        &payload.join("build-stock.sh"),
-        &std::fs::read_to_string(vm::scripts().join("build-stock.sh"))?,
-    )?;
-    vm::write_exec(
-        &payload.join("run"),
-        &format!(
-            "{}\nR=$R sh /payload/build-stock.sh 2>&1 || echo \"CAIRN-FATAL build-stock.sh exited with $?\" >> $R\nfinish\n",
-            vm::GUEST_PRELUDE
-        ),
-    )?;
-    let target = tmp.join("target.img");
-    let stick = tmp.join("stick.img");
-    for (img, size) in [(&target, 4u64 << 30), (&stick, 2 << 30)] {
-        std::fs::File::create(img)?.set_len(size)?;
-    }
-    let outcome = vm::boot_with(
+    assemble_disk(
         &guest,
-        &payload,
         &tmp,
-        Duration::from_secs(2400),
-        &[&target, &stick],
+        "build-stock.sh",
+        "stock system ready",
+        2 << 30,
     )?;
-    if let Some(fatal) = outcome
-        .results
-        .lines()
-        .find(|l| l.starts_with("CAIRN-FATAL"))
-    {
-        bail!(
-            "building the stock system failed: {fatal}; see {}",
-            tmp.join("serial.log").display()
-        );
-    }
-    ensure!(
-        outcome.results.contains("stock system ready"),
-        "the builder did not finish; see {}",
-        tmp.join("serial.log").display()
-    );
-    vm::sh(
-        Command::new("qemu-img")
-            .args(["convert", "-q", "-O", "qcow2"])
-            .arg(&target)
-            .arg(tmp.join("disk.qcow2")),
-    )?;
-    std::fs::remove_file(&target)?;
-    std::fs::remove_dir_all(&payload)?;
-    for f in ["payload.ext4", "results.img", "root.qcow2", "scratch.img"] {
-        let _ = std::fs::remove_file(tmp.join(f));
-    }
     vm::publish(&tmp, &dir, "stock-", start)?;
     eprintln!("stock-image: ready in {:.0?}", start.elapsed());
     Ok(DemoImage { dir })
