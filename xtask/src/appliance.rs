@@ -112,15 +112,7 @@ pub fn image() -> Result<DemoImage> {
     }
     copy_tree(&vm::root().join("demo"), &payload)?;
     copy_tree(&vm::root().join("systemd"), &payload)?;
-    // The vendor's signing key for this image, made by the real minisign tool.
-    vm::sh(
-        Command::new("minisign")
-            .args(["-G", "-W", "-f", "-p"])
-            .arg(payload.join("vendor.pub"))
-            .arg("-s")
-            .arg(payload.join("vendor.key"))
-            .stdout(Stdio::null()),
-    )?;
+    vendor_key(&payload)?;
     assemble_disk(
         &guest,
         &tmp,
@@ -137,6 +129,19 @@ pub fn image() -> Result<DemoImage> {
     vm::publish(&tmp, &dir, "demo-", start)?;
     eprintln!("demo-image: ready in {:.0?}", start.elapsed());
     Ok(img)
+}
+
+/// The vendor's signing key for an image, made by the real minisign tool in `payload`
+/// (`vendor.key`, `vendor.pub`).
+pub fn vendor_key(payload: &Path) -> Result<()> {
+    vm::sh(
+        Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(payload.join("vendor.pub"))
+            .arg("-s")
+            .arg(payload.join("vendor.key"))
+            .stdout(Stdio::null()),
+    )
 }
 
 /// Runs `script` (from `xtask/scripts`) in the builder guest with `tmp/payload` as its

@@ -6,13 +6,12 @@
 //! every dataset cairn does not own must come through unchanged.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use sha2::{Digest, Sha256};
 
-use crate::appliance::{DemoImage, assemble_disk, hash_tree, overlay};
+use crate::appliance::{DemoImage, assemble_disk, hash_tree, overlay, vendor_key};
 use crate::e2e::Device;
 use crate::vm;
 
@@ -68,14 +67,7 @@ fn image(deb: &Path) -> Result<DemoImage> {
             .join("demo/rootfs/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"),
         payload.join("autologin.conf"),
     )?;
-    vm::sh(
-        Command::new("minisign")
-            .args(["-G", "-W", "-f", "-p"])
-            .arg(payload.join("vendor.pub"))
-            .arg("-s")
-            .arg(payload.join("vendor.key"))
-            .stdout(Stdio::null()),
-    )?;
+    vendor_key(&payload)?;
     assemble_disk(
         &guest,
         &tmp,

@@ -575,39 +575,16 @@ impl Engine {
             })?;
             return Err(EngineError::AlreadyInitialized);
         }
-        let none = |v: &str| (PropName::native("mountpoint"), v.to_owned());
-        let off = (PropName::native("canmount"), "off".to_owned());
-        // Containers carry no cairn:managed: user properties inherit, and a dataset
-        // someone else creates under ROOT must not look like ours.
-        let managed = layout::managed_props();
-        let mp = |p: &Path| [vec![none(&p.display().to_string())], managed.clone()].concat();
-        let mut plan: Vec<(DatasetName, Vec<(PropName, String)>)> = vec![
-            (
-                l.root_container(),
-                vec![
-                    none("none"),
-                    off.clone(),
-                    (props::layout_version(), "1".into()),
-                ],
-            ),
-            (l.config_container(), vec![none("none"), off.clone()]),
-            (l.data_container(), vec![none("none"), off.clone()]),
-            (l.journal(), mp(&l.journal_mountpoint)),
-        ];
-        for (d, m) in &l.data {
-            plan.push((d.clone(), mp(m)));
-        }
-        let mut created = Vec::new();
-        for (ds, props) in plan {
-            self.zfs.create(
-                &ds,
-                &CreateOptions {
-                    parents: true,
-                    props,
-                },
-            )?;
-            created.push(ds);
-        }
+        let mut plan = vec![(
+            l.root_container(),
+            vec![
+                (PropName::native("mountpoint"), "none".to_owned()),
+                (PropName::native("canmount"), "off".to_owned()),
+                (props::layout_version(), "1".into()),
+            ],
+        )];
+        plan.extend(self.shared_datasets());
+        let created = self.create_all(plan)?;
         self.journal("init", by, l.base().as_str(), vec!["create".into()], "ok")?;
         Ok(created)
     }
@@ -626,6 +603,53 @@ impl Engine {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The datasets every cairn pool has besides ROOT: the CONFIG and DATA containers,
+    /// the journal and the layout's data datasets, with their properties. Containers carry
+    /// no cairn:managed: user properties inherit, and a dataset someone else creates
+    /// under them must not look like ours.
+    fn shared_datasets(&self) -> Vec<(DatasetName, Vec<(PropName, String)>)> {
+        let l = &self.layout;
+        let container = || {
+            vec![
+                (PropName::native("mountpoint"), "none".to_owned()),
+                (PropName::native("canmount"), "off".to_owned()),
+            ]
+        };
+        let mounted = |p: &Path| {
+            let mut v = layout::managed_props();
+            v.push((PropName::native("mountpoint"), p.display().to_string()));
+            v
+        };
+        let mut plan = vec![
+            (l.config_container(), container()),
+            (l.data_container(), container()),
+            (l.journal(), mounted(&l.journal_mountpoint)),
+        ];
+        for (d, m) in &l.data {
+            plan.push((d.clone(), mounted(m)));
+        }
+        plan
+    }
+
+    /// Creates each dataset (with parents) in order; returns their names.
+    fn create_all(
+        &self,
+        plan: Vec<(DatasetName, Vec<(PropName, String)>)>,
+    ) -> Result<Vec<DatasetName>> {
+        let mut created = Vec::new();
+        for (ds, props) in plan {
+            self.zfs.create(
+                &ds,
+                &CreateOptions {
+                    parents: true,
+                    props,
+                },
+            )?;
+            created.push(ds);
+        }
+        Ok(created)
     }
 
     /// Installs the first version from a full stream, with an empty config. This is what
@@ -1970,34 +1994,12 @@ impl Engine {
             self.zfs
                 .snapshot(std::slice::from_ref(&plan.snapshot), &[])?;
         }
-        let none = (PropName::native("mountpoint"), "none".to_owned());
-        let off = (PropName::native("canmount"), "off".to_owned());
-        let mp = |p: &Path| {
-            let mut v = layout::managed_props();
-            v.push((PropName::native("mountpoint"), p.display().to_string()));
-            v
-        };
-        let mut create = vec![
-            (l.config_container(), vec![none.clone(), off.clone()]),
-            (l.data_container(), vec![none, off]),
-            (l.journal(), mp(&l.journal_mountpoint)),
-            (
-                l.config(id),
-                self.config_props(id, version, Stored::Confirmed, None, &now),
-            ),
-        ];
-        for (d, m) in &l.data {
-            create.push((d.clone(), mp(m)));
-        }
-        for (ds, props) in create {
-            self.zfs.create(
-                &ds,
-                &CreateOptions {
-                    parents: true,
-                    props,
-                },
-            )?;
-        }
+        let mut create = self.shared_datasets();
+        create.push((
+            l.config(id),
+            self.config_props(id, version, Stored::Confirmed, None, &now),
+        ));
+        self.create_all(create)?;
         // The root keeps its mountpoint (`/`, checked) and is mounted: only cairn's
         // properties and, if it differs, canmount are set on it.
         let mut props = self.version_props(id, version, Stored::Confirmed, None, &now);
@@ -2086,9 +2088,9 @@ impl Engine {
                 "{root} already carries cairn:managed but the pool has no cairn layout"
             )));
         }
-        let mut create = vec![l.config_container(), l.data_container(), l.journal()];
+        let mut create: Vec<DatasetName> =
+            self.shared_datasets().into_iter().map(|(d, _)| d).collect();
         create.push(l.config(&id));
-        create.extend(l.data_datasets().cloned());
         // A dataset in the way is someone else's: adoption never takes it over. Only an
         // interrupted adoption (its snapshot is there) may have made them already.
         let mut actions = vec![format!(
