@@ -14,6 +14,7 @@
 //! Format description: `docs/bundle-format.md`.
 
 pub mod install;
+pub mod swu;
 pub mod tarsafe;
 
 use std::io::{BufRead, Read, Write};

@@ -369,8 +369,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let manifest = open(&bundle)?.manifest;
             let mut f = std::fs::File::open(&bundle)
                 .with_context(|| format!("opening {}", bundle.display()))?;
-            let (sha256, size) = cairn_fleet::swu::sha256_of(&mut f)?;
-            let desc = cairn_fleet::swu::Description {
+            let (sha256, size) = cairn_bundle::swu::sha256_of(&mut f)?;
+            let desc = cairn_bundle::swu::Description {
                 version: manifest.version.clone(),
                 hardware: manifest.hardware.clone(),
                 filename: bundle
@@ -384,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::File::create(&output)
                     .with_context(|| format!("creating {}", output.display()))?,
             );
-            cairn_fleet::swu::write(&mut out, &desc, &mut f, size)?;
+            cairn_bundle::swu::write(&mut out, &desc, &mut f, size)?;
             std::io::Write::flush(&mut out)?;
             println!(
                 "{} {} -> {} (SWU, {} bytes of bundle)",

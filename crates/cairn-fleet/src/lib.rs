@@ -13,4 +13,4 @@
 
 pub mod config;
 pub mod ddi;
-pub mod swu;
+
