@@ -56,6 +56,18 @@ struct FleetFile {
     poll_default: u64,
     #[serde(default)]
     attempt: AttemptPolicy,
+    #[serde(default = "default_hardware")]
+    hardware_id: String,
+    #[serde(default = "default_reboot")]
+    reboot_command: Vec<String>,
+}
+
+fn default_hardware() -> String {
+    "demo-x86".into()
+}
+
+fn default_reboot() -> Vec<String> {
+    vec!["/usr/bin/systemctl".into(), "reboot".into()]
 }
 
 fn default_tenant() -> String {
@@ -87,6 +99,10 @@ pub struct Fleet {
     pub ca_file: Option<PathBuf>,
     pub poll_default: Duration,
     pub attempt: AttemptPolicy,
+    /// This appliance's hardware id (as bundles list it), sent as an attribute.
+    pub hardware_id: String,
+    /// How to reboot into a trial (argv).
+    pub reboot_command: Vec<String>,
 }
 
 impl Fleet {
@@ -142,6 +158,9 @@ impl Fleet {
                 f.token_file.display()
             )));
         }
+        if f.reboot_command.is_empty() {
+            return Err(bad("reboot_command is empty".into()));
+        }
         Ok(Self {
             server,
             tenant: f.tenant,
@@ -151,6 +170,8 @@ impl Fleet {
             ca_file: f.ca_file,
             poll_default: Duration::from_secs(f.poll_default.max(10)),
             attempt: f.attempt,
+            hardware_id: f.hardware_id,
+            reboot_command: f.reboot_command,
         })
     }
 

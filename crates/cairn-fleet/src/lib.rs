@@ -2,15 +2,19 @@
 //! Device Integration (DDI) API, as rauc-hawkbit-updater and SWUpdate's suricatta are.
 //! cairn grows no server of its own.
 //!
-//! What is here so far (the transport and the service come next):
 //! - [`ddi`]: the DDI documents (controller base, deployment, cancel action, feedback,
 //!   config data), the polling interval, and [`ddi::decide`], the pure rule for what to do
 //!   with a deployment (handling types `skip`/`attempt`/`forced`, maintenance windows).
-//! - [`swu`]: cairn bundles wrapped as SWU files (a `newc` cpio archive with a
-//!   `sw-description` first), the artifact type servers such as goosebit accept, and the
-//!   streaming reader that takes the bundle back out while it downloads.
+//! - [`http`]: the transport (token on every request, the server's CA, links must stay
+//!   on the server).
+//! - [`service`]: one cycle of the client (poll, stage, trial, report), with what is under
+//!   way kept in a state file across the trial's reboot; [`dbus`]: cairnd as the
+//!   appliance it drives. Bundles travel bare or wrapped as SWU files
+//!   ([`cairn_bundle::swu`]).
 //! - [`config`]: the client's YAML configuration; the token never reaches a log.
 
 pub mod config;
+pub mod dbus;
 pub mod ddi;
-
+pub mod http;
+pub mod service;
