@@ -22,7 +22,7 @@ elif [ ! -d /var/lib/apt/lists ] || [ -z "$(ls /var/lib/apt/lists/*backports* 2>
   apt-get update -q
 fi
 
-pkgs=(qemu-system-x86 mmdebstrap fdisk e2fsprogs grub-common minisign dbus-daemon polkitd systemd util-linux mount zstd cpio "$@")
+pkgs=(qemu-system-x86 mmdebstrap fdisk e2fsprogs grub-common minisign dbus-daemon polkitd systemd util-linux mount zstd cpio curl python3-venv "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -30,3 +30,16 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends -t "${codename}-backports" "${missing[@]}"
 fi
+
+# goosebit, the DDI server the fleet client's tests run against (PyPI, pinned; a venv in
+# the cache, rebuilt when the pins change).
+req="$(dirname "$0")/../../tests/fleet/goosebit-requirements.txt"
+key=$(sha256sum "$req" | cut -c1-16)
+gb="${XDG_CACHE_HOME:-$HOME/.cache}/cairn/goosebit-$key"
+if [ ! -f "$gb/.complete" ]; then
+  rm -rf "$gb"
+  /usr/bin/python3 -m venv "$gb"
+  "$gb/bin/pip" install -q --disable-pip-version-check -r "$req"
+  touch "$gb/.complete"
+fi
+ln -sfn "$gb" "${XDG_CACHE_HOME:-$HOME/.cache}/cairn/goosebit"

@@ -71,7 +71,13 @@ impl Appliance for Cairnd {
     fn status(&self) -> Result<Status, String> {
         let p = self.updater()?;
         let json = self.rt.block_on(p.get_status()).map_err(text)?;
-        serde_json::from_str(&json).map_err(|e| format!("cairnd's status: {e}"))
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            data: Status,
+        }
+        serde_json::from_str::<Envelope>(&json)
+            .map(|e| e.data)
+            .map_err(|e| format!("cairnd's status: {e}"))
     }
 
     fn install(&self, mut bundle: Box<dyn Read + Send>) -> Result<String, String> {
@@ -87,7 +93,9 @@ impl Appliance for Cairnd {
             .map_err(text);
         drop(fd);
         let result = started.and_then(|job| self.wait_job(job));
-        let copied = feeder.join().map_err(|_| "the download thread panicked".to_owned())?;
+        let copied = feeder
+            .join()
+            .map_err(|_| "the download thread panicked".to_owned())?;
         match (result, copied) {
             (Ok(id), Ok(_)) => Ok(id),
             (Ok(_), Err(e)) => Err(format!("the download broke off: {e}")),

@@ -41,8 +41,6 @@ pub struct VersionView {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Status {
     #[serde(default)]
-    pub booted: Option<String>,
-    #[serde(default)]
     pub versions: Vec<VersionView>,
 }
 
@@ -53,8 +51,10 @@ impl Status {
 
     /// The version string of what runs.
     pub fn running(&self) -> Option<&str> {
-        let b = self.booted.as_deref()?;
-        self.version(b).map(|v| v.version.as_str())
+        self.versions
+            .iter()
+            .find(|v| v.is_booted)
+            .map(|v| v.version.as_str())
     }
 }
 
@@ -84,12 +84,31 @@ pub enum Pending {
 pub enum Outcome {
     Idle,
     Waiting(String),
-    Staged { action: String, id: String },
-    TrialStarted { action: String, id: String },
-    TrialPending { action: String, id: String },
-    Reported { action: String, finished: Finished, detail: String },
-    Cancelled { action: String, detail: String },
-    Rejected { action: String, detail: String },
+    Staged {
+        action: String,
+        id: String,
+    },
+    TrialStarted {
+        action: String,
+        id: String,
+    },
+    TrialPending {
+        action: String,
+        id: String,
+    },
+    Reported {
+        action: String,
+        finished: Finished,
+        detail: String,
+    },
+    Cancelled {
+        action: String,
+        detail: String,
+    },
+    Rejected {
+        action: String,
+        detail: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,10 +225,10 @@ impl Client {
             self.server
                 .config_data(ddi::config_data(&self.attributes(&status)))?;
         }
-        if let Some(link) = &base.links.cancel_action {
-            if let Some(c) = self.server.cancel_action(&link.href)? {
-                return self.cancel(app, &c.id, &c.cancel_action.stop_id, pending.as_ref());
-            }
+        if let Some(link) = &base.links.cancel_action
+            && let Some(c) = self.server.cancel_action(&link.href)?
+        {
+            return self.cancel(app, &c.id, &c.cancel_action.stop_id, pending.as_ref());
         }
         let deployment = match &base.links.deployment_base {
             Some(l) => self.server.deployment(&l.href)?,
@@ -246,9 +265,11 @@ impl Client {
                     detail: why,
                 })
             }
-            Decision::Stage { artifact } | Decision::Install { artifact, staged: false } => {
-                self.stage(app, &d.id, &artifact)
-            }
+            Decision::Stage { artifact }
+            | Decision::Install {
+                artifact,
+                staged: false,
+            } => self.stage(app, &d.id, &artifact),
             Decision::Install { staged: true, .. } => {
                 let id = staged_here.expect("staged");
                 self.start_trial(app, &d.id, &id)
@@ -315,7 +336,12 @@ impl Client {
         }
     }
 
-    fn start_trial(&self, app: &dyn Appliance, action: &str, id: &str) -> Result<Outcome, CycleError> {
+    fn start_trial(
+        &self,
+        app: &dyn Appliance,
+        action: &str,
+        id: &str,
+    ) -> Result<Outcome, CycleError> {
         app.activate_trial(id).map_err(CycleError::Appliance)?;
         self.set_pending(Some(&Pending::Trial {
             action: action.into(),
@@ -335,7 +361,12 @@ impl Client {
     }
 
     /// The trial's outcome, read from the appliance after the reboot.
-    fn trial_outcome(&self, app: &dyn Appliance, action: &str, id: &str) -> Result<Outcome, CycleError> {
+    fn trial_outcome(
+        &self,
+        app: &dyn Appliance,
+        action: &str,
+        id: &str,
+    ) -> Result<Outcome, CycleError> {
         let status = app.status().map_err(CycleError::Appliance)?;
         let running = status.running().unwrap_or("unknown").to_owned();
         let (finished, detail) = match status.version(id) {
@@ -376,7 +407,13 @@ impl Client {
 
     /// A staged version whose deployment ended: marked failed so it is never booted
     /// (retention removes it first).
-    fn discard(&self, app: &dyn Appliance, action: &str, id: &str, why: &str) -> Result<Outcome, CycleError> {
+    fn discard(
+        &self,
+        app: &dyn Appliance,
+        action: &str,
+        id: &str,
+        why: &str,
+    ) -> Result<Outcome, CycleError> {
         app.mark_failed(id, &format!("deployment {action}: {why}"))
             .map_err(CycleError::Appliance)?;
         self.set_pending(None)?;
