@@ -467,3 +467,30 @@ impl Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_up_to_the_poll_interval() {
+        let cap = Duration::from_secs(300);
+        let waits: Vec<u64> = (1..=7).map(|n| backoff(n, cap).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(u32::MAX, cap), cap);
+        // A tiny poll interval does not make the client hammer a broken server.
+        assert_eq!(backoff(1, Duration::from_secs(1)), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn pending_survives_as_json_with_its_phase() {
+        let p = Pending::Trial {
+            action: "7".into(),
+            id: "2.0".into(),
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text, r#"{"phase":"trial","action":"7","id":"2.0"}"#);
+        assert_eq!(serde_json::from_str::<Pending>(&text).unwrap(), p);
+    }
+}

@@ -253,7 +253,9 @@ struct Box_ {
 }
 
 async fn appliance(dir: &Path, name: &str, server: &str, key: &Path) -> Box_ {
-    let bus = start_bus(&format!("fleet-{name}"));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let bus = start_bus(&format!("fleet-{name}-{n}"));
     let (engine, _model, host) = sim_engine().unwrap();
     let keys = vec![cairn_bundle::public_key(&std::fs::read_to_string(key).unwrap()).unwrap()];
     let policy = AuthPolicy {
@@ -653,4 +655,137 @@ async fn a_server_that_is_down_or_answers_garbage_stages_nothing() {
     );
     assert!(!log.contains(TOKEN));
     assert_eq!(status(&b).await["versions"], before);
+}
+
+// hawkBit features goosebit does not have (maintenance windows, `cancelAction`), played by
+// a scripted DDI look-alike serving a real signed bundle.
+
+/// Each scripted server's bundle, by port (each test signs with its own key).
+static BUNDLES: std::sync::Mutex<std::collections::BTreeMap<u16, Vec<u8>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The scripted server's answers: deployment 7 with the maintenance window `window`, and
+/// with `cancel` a `cancelAction` 9 stopping it.
+fn scripted(path: &str, port: u16, window: &str, cancel: bool) -> (u16, Vec<u8>) {
+    let base = format!("http://127.0.0.1:{port}/DEFAULT/controller/v1/box-h");
+    let link = if cancel {
+        format!(r#""cancelAction":{{"href":"{base}/cancelAction/9"}}"#)
+    } else {
+        format!(r#""deploymentBase":{{"href":"{base}/deploymentBase/7"}}"#)
+    };
+    if path.ends_with("/box-h") {
+        (
+            200,
+            format!(r#"{{"config":{{"polling":{{"sleep":"00:00:30"}}}},"_links":{{{link}}}}}"#)
+                .into_bytes(),
+        )
+    } else if path.ends_with("/deploymentBase/7") {
+        (200, format!(r#"{{"id":"7","deployment":{{"download":"forced","update":"forced","maintenanceWindow":"{window}","chunks":[{{"part":"os","version":"2.0","name":"demo","artifacts":[{{"filename":"demo-2.0.cairn","_links":{{"download-http":{{"href":"{base}/download"}}}}}}]}}]}}}}"#).into_bytes())
+    } else if path.ends_with("/cancelAction/9") {
+        (200, br#"{"id":"9","cancelAction":{"stopId":"7"}}"#.to_vec())
+    } else if path.ends_with("/download") {
+        (200, BUNDLES.lock().unwrap()[&port].clone())
+    } else {
+        (200, b"{}".to_vec())
+    }
+}
+
+fn posted(seen: &std::sync::Mutex<Vec<String>>, path: &str) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with(&format!("POST {path}")) || r.contains(&format!(" {path} ")))
+        .map(|r| r.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn scripted_box(dir: &Path, server: &str) -> Box_ {
+    let (public, secret) = keypair(dir);
+    let bundle = swu(dir, &secret, "2.0").with_extension("cairn");
+    let port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
+    BUNDLES
+        .lock()
+        .unwrap()
+        .insert(port, std::fs::read(bundle).unwrap());
+    appliance(dir, "box-h", server, &public).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_maintenance_window_stages_and_waits_then_the_trial_follows() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static OPEN: AtomicBool = AtomicBool::new(false);
+    let t = tmp("window");
+    let (url, seen) = fake_server(|path, port| {
+        let w = if OPEN.load(Ordering::SeqCst) {
+            "available"
+        } else {
+            "unavailable"
+        };
+        scripted(path, port, w, false)
+    });
+    let b = scripted_box(&t.0, &url).await;
+    cycle_ok(&b, "Staged").await;
+    let out = cycle_ok(&b, "Waiting").await;
+    assert!(out.contains("maintenance window"), "{out}");
+    let st = status(&b).await;
+    assert_eq!(booted_version(&st), "1.0");
+    assert!(
+        st["boot"]["trial"].is_null(),
+        "trial started in a closed window: {st}"
+    );
+    OPEN.store(true, Ordering::SeqCst);
+    cycle_ok(&b, "TrialStarted").await;
+    assert_eq!(booted_version(&status(&b).await), "2.0");
+    health(&b, true).await;
+    cycle_ok(&b, "Reported").await;
+    let fb = posted(
+        &seen,
+        "/DEFAULT/controller/v1/box-h/deploymentBase/7/feedback",
+    );
+    let execs: Vec<&str> = fb
+        .iter()
+        .map(|f| {
+            ["proceeding", "downloaded", "closed"]
+                .into_iter()
+                .find(|e| f.contains(&format!(r#""execution":"{e}""#)))
+                .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(
+        execs,
+        ["proceeding", "downloaded", "proceeding", "closed"],
+        "{fb:?}"
+    );
+    assert!(fb.last().unwrap().contains(r#""finished":"success""#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_action_drops_the_staged_version_and_is_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static CANCEL: AtomicBool = AtomicBool::new(false);
+    let t = tmp("cancel-action");
+    let (url, seen) = fake_server(|path, port| {
+        scripted(path, port, "unavailable", CANCEL.load(Ordering::SeqCst))
+    });
+    let b = scripted_box(&t.0, &url).await;
+    cycle_ok(&b, "Staged").await;
+    CANCEL.store(true, Ordering::SeqCst);
+    cycle_ok(&b, "Cancelled").await;
+    let st = status(&b).await;
+    assert_eq!(version(&st, "2.0").unwrap()["stored"], "failed", "{st}");
+    assert!(st["boot"]["trial"].is_null());
+    assert_eq!(booted_version(&st), "1.0");
+    let fb = posted(
+        &seen,
+        "/DEFAULT/controller/v1/box-h/cancelAction/9/feedback",
+    );
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(
+        fb[0].contains(r#""id":"9""#)
+            && fb[0].contains(r#""execution":"closed""#)
+            && fb[0].contains(r#""finished":"success""#),
+        "{}",
+        fb[0]
+    );
+    assert!(!b.state.exists());
 }
