@@ -43,7 +43,9 @@ pub fn release_bins() -> Result<Vec<(String, PathBuf)>> {
             .args(["build", "-q", "--release", "--locked"])
             .args(["-p", "cairn-daemon", "--bin", "cairnd"])
             .args(["-p", "cairn-cli", "--bin", "cairnctl"])
-            .args(["-p", "cairn-bundle", "--bin", "cairn"]),
+            .args(["-p", "cairn-bundle", "--bin", "cairn"])
+            // Packaged, not part of the demo image.
+            .args(["-p", "cairn-fleet", "--bin", "cairn-fleet"]),
     )?;
     Ok(["cairnd", "cairnctl", "cairn"]
         .iter()

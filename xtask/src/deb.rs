@@ -52,6 +52,16 @@ const FILES: &[(&str, &str, u32)] = &[
         0o644,
     ),
     (
+        "systemd/cairn-fleet.service",
+        "usr/lib/systemd/system/cairn-fleet.service",
+        0o644,
+    ),
+    (
+        "packaging/deb/fleet.yaml",
+        "usr/share/doc/cairn/examples/fleet.yaml",
+        0o644,
+    ),
+    (
         "systemd/org.cairn.Updater1.conf",
         "usr/share/dbus-1/system.d/org.cairn.Updater1.conf",
         0o644,
@@ -108,6 +118,7 @@ pub fn build() -> Result<PathBuf> {
     for (bin, dest) in [
         ("cairnd", "usr/libexec/cairnd"),
         ("cairnctl", "usr/bin/cairnctl"),
+        ("cairn-fleet", "usr/libexec/cairn-fleet"),
     ] {
         let to = tree.join(dest);
         install(&release.join(bin), &to, 0o755)?;
@@ -176,7 +187,11 @@ pub fn build() -> Result<PathBuf> {
     .next()
     .unwrap_or("0")
     .to_owned();
-    let glibc = needed_glibc(&[tree.join("usr/libexec/cairnd"), cairnctl.clone()])?;
+    let glibc = needed_glibc(&[
+        tree.join("usr/libexec/cairnd"),
+        tree.join("usr/libexec/cairn-fleet"),
+        cairnctl.clone(),
+    ])?;
     let depends = format!(
         "libc6 (>= {glibc}), libgcc-s1 (>= 4.2), zfsutils-linux (>= 2.1), dbus-system-bus | dbus, systemd"
     );
