@@ -152,6 +152,10 @@ pub fn build() -> Result<PathBuf> {
         &root().join("packaging/deb/cairnd.8"),
         &tree.join("usr/share/man/man8/cairnd.8.gz"),
     )?;
+    gzip_into(
+        &root().join("packaging/deb/cairn-fleet.8"),
+        &tree.join("usr/share/man/man8/cairn-fleet.8.gz"),
+    )?;
     let changelog = out_dir.join("changelog");
     std::fs::write(
         &changelog,

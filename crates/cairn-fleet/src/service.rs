@@ -35,6 +35,8 @@ pub struct VersionView {
     pub is_default: bool,
     #[serde(default)]
     pub is_booted: bool,
+    #[serde(default)]
+    pub is_trial: bool,
 }
 
 /// What the fleet client needs of the appliance's status (`GetStatus`).
@@ -380,6 +382,10 @@ impl Client {
                     "{id} failed its trial ({}); fell back, running {running}",
                     v.failed_reason.as_deref().unwrap_or("no reason recorded")
                 ),
+            ),
+            Some(v) if !v.is_trial && !v.is_booted => (
+                Finished::Failure,
+                format!("{id} is no longer on trial and was not booted; running {running}"),
             ),
             Some(_) => {
                 return Ok(Outcome::TrialPending {

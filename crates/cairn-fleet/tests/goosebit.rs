@@ -421,6 +421,9 @@ async fn a_rollout_to_three_appliances_with_one_failing_its_health_check() {
         let st = status(b).await;
         assert_eq!(booted_version(&st), "2.0", "{st}");
         assert_eq!(gb.device(&b.name)["last_state"], "Running");
+        // Booted, health checks not run yet: nothing to report.
+        cycle_ok(b, "TrialPending").await;
+        assert_eq!(gb.device(&b.name)["last_state"], "Running");
         // The health checks of the trial boot; box-2's app does not answer.
         health(b, b.name != "box-2").await;
         cycle_ok(b, "Reported").await;
