@@ -24,7 +24,7 @@ pub enum NetError {
 }
 
 /// A DDI server, as one controller sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Server {
     agent: ureq::Agent,
     base: String,

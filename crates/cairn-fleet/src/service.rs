@@ -60,6 +60,27 @@ impl Status {
     }
 }
 
+/// A download that reports each quarter it passes.
+struct Counting {
+    inner: Box<dyn Read + Send>,
+    total: u64,
+    done: u64,
+    next: u32,
+    report: Box<dyn FnMut(u32) + Send>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        while self.next <= 100 && self.done * 100 >= self.total * u64::from(self.next) {
+            (self.report)(self.next);
+            self.next += 25;
+        }
+        Ok(n)
+    }
+}
+
 /// The appliance, as the fleet client drives it (cairnd over D-Bus; a fake in tests).
 pub trait Appliance {
     fn status(&self) -> Result<Status, String>;
@@ -293,11 +314,11 @@ impl Client {
             &format!("downloading and staging {}", artifact.filename),
         )?;
         let body = self.server.download(url)?;
-        let bundle: Box<dyn Read + Send> = match artifact.kind() {
+        let (bundle, size): (Box<dyn Read + Send>, Option<u64>) = match artifact.kind() {
             Some(ddi::ArtifactKind::Swu) => {
                 let mut body = body;
                 match cairn_bundle::swu::open_bundle(&mut body) {
-                    Ok((_, _, size)) => Box::new(body.take(size)),
+                    Ok((_, _, size)) => (Box::new(body.take(size)), Some(size)),
                     Err(e) => {
                         let why = format!("{}: {e}", artifact.filename);
                         self.feedback(action, Execution::Closed, Finished::Failure, &why)?;
@@ -308,7 +329,32 @@ impl Client {
                     }
                 }
             }
-            _ => body,
+            _ => (body, artifact.size),
+        };
+        // Progress as SWUpdate words it ("Downloaded N%"), which goosebit shows.
+        let server = self.server.clone();
+        let id = action.to_owned();
+        let report = move |pct: u32| {
+            let fb = Feedback::new(
+                &id,
+                Execution::Proceeding,
+                Finished::None,
+                &[&format!("Downloaded {pct}%")],
+            )
+            .with_progress(pct, 100);
+            if let Err(e) = server.feedback(false, &fb) {
+                tracing::warn!(error = %e, "progress feedback");
+            }
+        };
+        let bundle: Box<dyn Read + Send> = match size {
+            Some(total) if total > 0 => Box::new(Counting {
+                inner: bundle,
+                total,
+                done: 0,
+                next: 25,
+                report: Box::new(report),
+            }),
+            _ => bundle,
         };
         match app.install(bundle) {
             Ok(id) => {

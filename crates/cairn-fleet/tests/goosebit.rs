@@ -417,6 +417,9 @@ async fn a_rollout_to_three_appliances_with_one_failing_its_health_check() {
         cycle_ok(b, "Staged").await;
         let st = status(b).await;
         assert_eq!(version(&st, "2.0").unwrap()["state"], "staged", "{st}");
+        // Download progress as goosebit reads it (SWUpdate's wording).
+        assert_eq!(gb.device(&b.name)["progress"], 100);
+        assert!(gb.log(&b.name).contains("Downloaded 50%"));
         cycle_ok(b, "TrialStarted").await;
         let st = status(b).await;
         assert_eq!(booted_version(&st), "2.0", "{st}");
@@ -683,7 +686,8 @@ fn scripted(path: &str, port: u16, window: &str, cancel: bool) -> (u16, Vec<u8>)
                 .into_bytes(),
         )
     } else if path.ends_with("/deploymentBase/7") {
-        (200, format!(r#"{{"id":"7","deployment":{{"download":"forced","update":"forced","maintenanceWindow":"{window}","chunks":[{{"part":"os","version":"2.0","name":"demo","artifacts":[{{"filename":"demo-2.0.cairn","_links":{{"download-http":{{"href":"{base}/download"}}}}}}]}}]}}}}"#).into_bytes())
+        let size = BUNDLES.lock().unwrap()[&port].len();
+        (200, format!(r#"{{"id":"7","deployment":{{"download":"forced","update":"forced","maintenanceWindow":"{window}","chunks":[{{"part":"os","version":"2.0","name":"demo","artifacts":[{{"filename":"demo-2.0.cairn","size":{size},"_links":{{"download-http":{{"href":"{base}/download"}}}}}}]}}]}}}}"#).into_bytes())
     } else if path.ends_with("/cancelAction/9") {
         (200, br#"{"id":"9","cancelAction":{"stopId":"7"}}"#.to_vec())
     } else if path.ends_with("/download") {
@@ -756,7 +760,16 @@ async fn a_closed_maintenance_window_stages_and_waits_then_the_trial_follows() {
         .collect();
     assert_eq!(
         execs,
-        ["proceeding", "downloaded", "proceeding", "closed"],
+        [
+            "proceeding", // downloading
+            "proceeding", // 25 %
+            "proceeding",
+            "proceeding",
+            "proceeding", // 100 %
+            "downloaded",
+            "proceeding", // rebooting into the trial
+            "closed"
+        ],
         "{fb:?}"
     );
     assert!(fb.last().unwrap().contains(r#""finished":"success""#));
