@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -60,22 +62,61 @@ impl Status {
     }
 }
 
-/// A download that reports each quarter it passes.
+/// How often a download asks the server whether its deployment still stands.
+const CANCEL_CHECK: Duration = Duration::from_secs(5);
+
+/// A download that reports each quarter it passes and stops when the deployment is
+/// cancelled or withdrawn.
 struct Counting {
     inner: Box<dyn Read + Send>,
-    total: u64,
+    total: Option<u64>,
     done: u64,
     next: u32,
     report: Box<dyn FnMut(u32) + Send>,
+    watch: Watch,
+}
+
+struct Watch {
+    server: Server,
+    action: String,
+    last: Instant,
+    /// Why the download was stopped, once it was.
+    stopped: Arc<Mutex<Option<String>>>,
+}
+
+impl Watch {
+    /// `Some(why)` when the server no longer wants this deployment. A server that cannot
+    /// be asked right now does not stop a download.
+    fn cancelled(&self) -> Option<String> {
+        let base = self.server.poll().ok()?;
+        if base.links.cancel_action.is_some() {
+            return Some("the server cancelled the deployment".into());
+        }
+        let ours = format!("/deploymentBase/{}", self.action);
+        match &base.links.deployment_base {
+            Some(l) if l.href.split('?').next().unwrap_or("").ends_with(&ours) => None,
+            _ => Some("the server withdrew the deployment".into()),
+        }
+    }
 }
 
 impl Read for Counting {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.watch.last.elapsed() >= CANCEL_CHECK {
+            self.watch.last = Instant::now();
+            if let Some(why) = self.watch.cancelled() {
+                tracing::info!(action = %self.watch.action, why, "download stopped");
+                *self.watch.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                return Err(std::io::Error::other(why));
+            }
+        }
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        while self.next <= 100 && self.done * 100 >= self.total * u64::from(self.next) {
-            (self.report)(self.next);
-            self.next += 25;
+        if let Some(total) = self.total {
+            while self.next <= 100 && self.done * 100 >= total * u64::from(self.next) {
+                (self.report)(self.next);
+                self.next += 25;
+            }
         }
         Ok(n)
     }
@@ -346,16 +387,22 @@ impl Client {
                 tracing::warn!(error = %e, "progress feedback");
             }
         };
-        let bundle: Box<dyn Read + Send> = match size {
-            Some(total) if total > 0 => Box::new(Counting {
-                inner: bundle,
-                total,
-                done: 0,
-                next: 25,
-                report: Box::new(report),
-            }),
-            _ => bundle,
-        };
+        // While the download runs, the server is asked every CANCEL_CHECK whether the
+        // deployment still stands; a cancel stops it (cairnd then stages nothing).
+        let stopped = Arc::new(Mutex::new(None));
+        let bundle: Box<dyn Read + Send> = Box::new(Counting {
+            inner: bundle,
+            total: size.filter(|t| *t > 0),
+            done: 0,
+            next: 25,
+            report: Box::new(report),
+            watch: Watch {
+                server: self.server.clone(),
+                action: action.to_owned(),
+                last: Instant::now(),
+                stopped: stopped.clone(),
+            },
+        });
         match app.install(bundle) {
             Ok(id) => {
                 self.set_pending(Some(&Pending::Staged {
@@ -371,6 +418,25 @@ impl Client {
                 Ok(Outcome::Staged {
                     action: action.into(),
                     id,
+                })
+            }
+            Err(_) if stopped.lock().unwrap_or_else(|e| e.into_inner()).is_some() => {
+                let base = self.server.poll()?;
+                if let Some(link) = &base.links.cancel_action
+                    && let Some(c) = self.server.cancel_action(&link.href)?
+                {
+                    return self.cancel(app, &c.id, &c.cancel_action.stop_id, None);
+                }
+                let detail =
+                    "the server withdrew the deployment during the download; nothing was staged"
+                        .to_owned();
+                if let Err(e) = self.feedback(action, Execution::Canceled, Finished::None, &detail)
+                {
+                    tracing::warn!(error = %e, "feedback on a withdrawn deployment");
+                }
+                Ok(Outcome::Cancelled {
+                    action: action.into(),
+                    detail,
                 })
             }
             Err(why) => {

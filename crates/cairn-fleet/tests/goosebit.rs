@@ -505,6 +505,14 @@ async fn a_deployment_cancelled_before_its_trial_is_never_booted() {
 fn fake_server(
     body: fn(&str, u16) -> (u16, Vec<u8>),
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    slow_server(body, Duration::ZERO)
+}
+
+/// As [`fake_server`], sending downloads in 16 pieces `pause` apart.
+fn slow_server(
+    body: fn(&str, u16) -> (u16, Vec<u8>),
+    pause: Duration,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -545,7 +553,22 @@ fn fake_server(
                 "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
                 bytes.len()
             );
-            let _ = s.write_all(&bytes);
+            if pause.is_zero() || !path.ends_with("/download") {
+                let _ = s.write_all(&bytes);
+            } else {
+                // On its own thread, so the polls made meanwhile are answered.
+                let piece = bytes.len().div_ceil(16).max(1);
+                let mut s = s;
+                std::thread::spawn(move || {
+                    for c in bytes.chunks(piece) {
+                        if s.write_all(c).is_err() {
+                            break;
+                        }
+                        let _ = s.flush();
+                        std::thread::sleep(pause);
+                    }
+                });
+            }
         }
     });
     (format!("http://127.0.0.1:{port}"), seen)
@@ -804,4 +827,46 @@ async fn a_cancel_action_drops_the_staged_version_and_is_acknowledged() {
         fb[0]
     );
     assert!(!b.state.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_download_stops_it_and_stages_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static CANCEL: AtomicBool = AtomicBool::new(false);
+    let t = tmp("cancel-download");
+    // The download takes about 10 s; the client asks every 5 s whether it still stands.
+    let (url, seen) = slow_server(
+        |path, port| scripted(path, port, "available", CANCEL.load(Ordering::SeqCst)),
+        Duration::from_millis(600),
+    );
+    let b = scripted_box(&t.0, &url).await;
+    let before = status(&b).await["versions"].clone();
+    let (r, ()) = tokio::join!(cycle(&b), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        CANCEL.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        r.ok && r.stdout.starts_with("Cancelled"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stdout.contains("nothing had been staged"), "{}", r.stdout);
+    assert_eq!(status(&b).await["versions"], before, "something was staged");
+    assert!(!b.state.exists());
+    let fb = posted(
+        &seen,
+        "/DEFAULT/controller/v1/box-h/cancelAction/9/feedback",
+    );
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert!(fb[0].contains(r#""execution":"closed""#) && fb[0].contains(r#""finished":"success""#));
+    // Nothing about the deployment reached 100 %.
+    let dep = posted(
+        &seen,
+        "/DEFAULT/controller/v1/box-h/deploymentBase/7/feedback",
+    );
+    assert!(
+        !dep.iter().any(|f| f.contains("Downloaded 100%")),
+        "{dep:?}"
+    );
 }
