@@ -15,6 +15,10 @@ const DOCUMENT_LIMIT: u64 = 1 << 20;
 pub enum NetError {
     #[error("the server cannot be reached: {0}")]
     Unreachable(String),
+    #[error(
+        "the server refused this controller's token ({status} to {what}): check token_file and token_kind in the configuration"
+    )]
+    Refused { what: String, status: u16 },
     #[error("the server answered {status} to {what}")]
     Status { what: String, status: u16 },
     #[error(transparent)]
@@ -87,6 +91,12 @@ impl Server {
         match r.status().as_u16() {
             200 => {}
             404 | 410 => return Ok(None),
+            status @ (401 | 403) => {
+                return Err(NetError::Refused {
+                    what: what.into(),
+                    status,
+                });
+            }
             status => {
                 return Err(NetError::Status {
                     what: what.into(),
@@ -116,6 +126,10 @@ impl Server {
             .map_err(|e| NetError::Unreachable(e.to_string()))?;
         match r.status().as_u16() {
             200..=204 => Ok(()),
+            status @ (401 | 403) => Err(NetError::Refused {
+                what: what.into(),
+                status,
+            }),
             status => Err(NetError::Status {
                 what: what.into(),
                 status,
@@ -180,6 +194,10 @@ impl Server {
             .map_err(|e| NetError::Unreachable(e.to_string()))?;
         match r.status().as_u16() {
             200 => Ok(Box::new(r.into_body().into_reader())),
+            status @ (401 | 403) => Err(NetError::Refused {
+                what: "the download".into(),
+                status,
+            }),
             status => Err(NetError::Status {
                 what: "the download".into(),
                 status,

@@ -75,6 +75,11 @@ fn curl(args: &[&str]) -> String {
 
 impl Goosebit {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// With goosebit settings as environment variables (`GOOSEBIT_...`).
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fleet/goosebit-serve.sh");
@@ -84,6 +89,7 @@ impl Goosebit {
             .arg(dir.join("server"))
             .arg(port.to_string())
             .env("GOOSEBIT_POLL_TIME", "00:00:10")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -183,6 +189,42 @@ impl Goosebit {
         let v = self.api("GET", &format!("devices/{id}/log"), None);
         v["log"].as_str().unwrap_or_default().to_owned()
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goosebit_in_strict_device_auth_takes_the_target_token_and_refuses_a_wrong_one() {
+    let t = tmp("auth");
+    let gb = Goosebit::start_with(
+        &t.0,
+        &[
+            ("GOOSEBIT_DEVICE_AUTH__ENABLE", "true"),
+            ("GOOSEBIT_DEVICE_AUTH__MODE", "strict"),
+        ],
+    );
+    let (public, _) = keypair(&t.0);
+    // The operator registers the device with its token; box-x is not registered.
+    gb.api(
+        "PUT",
+        "devices",
+        Some(serde_json::json!({"devices": ["box-a"], "auth_token": TOKEN})),
+    );
+    let good = appliance(&t.0, "box-a", &gb.url, &public).await;
+    cycle_ok(&good, "Idle").await;
+    assert_eq!(gb.device("box-a")["sw_version"], "1.0");
+    // A device the server does not know (strict mode registers no one).
+    let bad = appliance(&t.0, "box-x", &gb.url, &public).await;
+    let r = cycle(&bad).await;
+    assert!(
+        !r.ok && r.stderr.contains("refused this controller's token (401"),
+        "{}",
+        r.stderr
+    );
+    // Another token on the registered device.
+    std::fs::write(t.0.join("box-a.token"), "someone-elses-token\n").unwrap();
+    let r = cycle(&good).await;
+    assert!(!r.ok && r.stderr.contains("refused"), "{}", r.stderr);
+    let all = gb.api("GET", "devices", None);
+    assert_eq!(all["devices"].as_array().unwrap().len(), 1, "{all}");
 }
 
 /// A minisign key pair made by the real tool (unencrypted).
