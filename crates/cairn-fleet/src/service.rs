@@ -320,6 +320,43 @@ impl Client {
             }
             _ => None,
         };
+        // What the appliance has of this version already: staged before a crash lost the
+        // state file, or installed by other means.
+        let staged_here = match staged_here {
+            Some(id) => Some(id),
+            None => {
+                let status = app.status().map_err(CycleError::Appliance)?;
+                let wanted: Vec<&str> = d
+                    .deployment
+                    .chunks
+                    .iter()
+                    .map(|c| c.version.as_str())
+                    .collect();
+                let have = match wanted.as_slice() {
+                    [one] if !one.is_empty() => status.versions.iter().find(|v| v.version == *one),
+                    _ => None,
+                };
+                match have {
+                    Some(v) if v.is_booted && v.stored == "confirmed" => {
+                        let detail = format!("{} already runs here, confirmed", v.version);
+                        self.feedback(&d.id, Execution::Closed, Finished::Success, &detail)?;
+                        return Ok(Outcome::Reported {
+                            action: d.id,
+                            finished: Finished::Success,
+                            detail,
+                        });
+                    }
+                    Some(v) if v.stored == "staged" => {
+                        self.set_pending(Some(&Pending::Staged {
+                            action: d.id.clone(),
+                            id: v.id.clone(),
+                        }))?;
+                        Some(v.id.clone())
+                    }
+                    _ => None,
+                }
+            }
+        };
         match ddi::decide(&d, staged_here.is_some(), self.cfg.attempt) {
             Decision::Wait { why } => Ok(Outcome::Waiting(why)),
             Decision::Reject { why } => {
@@ -495,6 +532,15 @@ impl Client {
                     v.failed_reason.as_deref().unwrap_or("no reason recorded")
                 ),
             ),
+            // The reboot did not happen (a crash right before it): ask again.
+            Some(v) if v.is_trial && !v.is_booted && v.stored == "staged" => {
+                tracing::warn!(id, "the trial is set but was not booted; rebooting");
+                app.reboot().map_err(CycleError::Appliance)?;
+                return Ok(Outcome::TrialStarted {
+                    action: action.into(),
+                    id: id.into(),
+                });
+            }
             Some(v) if !v.is_trial && !v.is_booted => (
                 Finished::Failure,
                 format!("{id} is no longer on trial and was not booted; running {running}"),

@@ -912,3 +912,62 @@ async fn a_cancel_during_the_download_stops_it_and_stages_nothing() {
         "{dep:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_loses_the_state_file_or_the_reboot_is_picked_up_again() {
+    let t = tmp("crash");
+    let (url, seen) = fake_server(|path, port| scripted(path, port, "available", false));
+    let b = scripted_box(&t.0, &url).await;
+    cycle_ok(&b, "Staged").await;
+    // Staged, then the process died before the state file was written.
+    std::fs::remove_file(&b.state).unwrap();
+    // The reboot command does nothing this time: as if the process died right before it.
+    let config = std::fs::read_to_string(&b.config).unwrap();
+    let reboot = config
+        .lines()
+        .find(|l| l.starts_with("reboot_command"))
+        .unwrap();
+    std::fs::write(
+        &b.config,
+        config.replace(reboot, "reboot_command: ['true']"),
+    )
+    .unwrap();
+    // The staged version is taken up again, not downloaded twice or reported failed.
+    cycle_ok(&b, "TrialStarted").await;
+    let st = status(&b).await;
+    assert_eq!(booted_version(&st), "1.0", "{st}");
+    assert_eq!(version(&st, "2.0").unwrap()["is_trial"], true, "{st}");
+    std::fs::write(&b.config, &config).unwrap();
+    // Next cycle: the trial is set but was never booted, so it reboots into it.
+    cycle_ok(&b, "TrialStarted").await;
+    assert_eq!(booted_version(&status(&b).await), "2.0");
+    health(&b, true).await;
+    cycle_ok(&b, "Reported").await;
+    let downloads = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/download "))
+        .count();
+    assert_eq!(downloads, 1, "downloaded again");
+    let fb = posted(
+        &seen,
+        "/DEFAULT/controller/v1/box-h/deploymentBase/7/feedback",
+    );
+    assert!(
+        !fb.iter().any(|f| f.contains(r#""finished":"failure""#)),
+        "{fb:?}"
+    );
+    assert!(fb.last().unwrap().contains(r#""finished":"success""#));
+    // A deployment of what already runs is closed as a success without a download.
+    cycle_ok(&b, "Reported").await;
+    assert!(
+        posted(
+            &seen,
+            "/DEFAULT/controller/v1/box-h/deploymentBase/7/feedback"
+        )
+        .last()
+        .unwrap()
+        .contains("already runs here")
+    );
+}
